@@ -1,0 +1,247 @@
+"""The ``asr`` command: one entry point, one subcommand a job.
+
+Only this module parses argv; it turns arguments into plain calls of the library, and no
+module imports it. Heavy imports happen inside each handler so that ``asr --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML experiment file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+# --- asr config -------------------------------------------------------------------------------
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from asr.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+# --- asr synth --------------------------------------------------------------------------------
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="make the synthetic LibriSpeech-layout corpus (offline, espeak-ng)")
+    p.add_argument("--out", type=Path, required=True, help="corpus root; writes <out>/LibriSpeech/<split>/...")
+    p.add_argument("--size", default="tiny", help="preset: tiny (tests), demo (CPU recipe), gpu (tens of hours)")
+    p.add_argument("--hours-scale", type=float, default=1.0, help="multiply every split's size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from asr.data.synth import synthesize_corpus
+
+    synthesize_corpus(args.out, size=args.size, hours_scale=args.hours_scale, seed=args.seed,
+                      jobs=args.jobs, overwrite=args.overwrite)
+    return 0
+
+
+# --- asr prepare ------------------------------------------------------------------------------
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="scan a LibriSpeech folder into JSONL manifests")
+    p.add_argument("--corpus", type=Path, required=True, help="folder holding LibriSpeech/<split>/ (or the LibriSpeech folder itself)")
+    p.add_argument("--out", type=Path, required=True, help="writes <out>/manifests/<split>.jsonl")
+    p.add_argument("--splits", nargs="*", default=None, help="splits to prepare (default: all found)")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--resample", action="store_true", help="resample other rates instead of rejecting them")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from asr.data.manifest import prepare_corpus
+
+    prepare_corpus(args.corpus, args.out, splits=args.splits, sample_rate=args.sample_rate,
+                   resample=args.resample, jobs=args.jobs)
+    return 0
+
+
+# --- asr shard --------------------------------------------------------------------------------
+
+
+def _add_shard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shard", help="write manifests as tar shards + a compact index per split")
+    p.add_argument("--manifests", type=Path, required=True, help="folder of <split>.jsonl (asr prepare output)")
+    p.add_argument("--out", type=Path, required=True, help="writes <out>/<split>/shard-NNNNNN.tar + index")
+    p.add_argument("--splits", nargs="*", default=None, help="splits to shard (default: every manifest)")
+    p.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MB")
+    p.add_argument("--shard-utterances", type=int, default=0, help="target utterances a shard (overrides --shard-mb)")
+    p.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    from asr.data.shards import shard_manifests
+
+    shard_manifests(args.manifests, args.out, splits=args.splits, shard_mb=args.shard_mb,
+                    shard_utterances=args.shard_utterances, jobs=args.jobs)
+    return 0
+
+
+# --- asr tokenizer ----------------------------------------------------------------------------
+
+
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer", help="build the tokenizer (letters, or train sentencepiece on the labeled text)")
+    p.add_argument("--out", type=Path, required=True, help="tokenizer folder")
+    p.add_argument("--kind", choices=["letters", "sentencepiece"], default="letters")
+    p.add_argument("--text-from", type=Path, help="manifest (.jsonl) or shard index folder whose texts train sentencepiece")
+    p.add_argument("--vocab-size", type=int, default=128)
+    p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
+
+
+def _run_tokenizer(args: argparse.Namespace) -> int:
+    from asr.text.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(args.kind, args.out, text_source=args.text_from,
+                          vocab_size=args.vocab_size, model_type=args.model_type)
+    print(f"tokenizer: {tok.identity()} -> {args.out}")
+    return 0
+
+
+# --- asr train --------------------------------------------------------------------------------
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the CTC student (supervised, then with EMA-teacher pseudo-labels)")
+    _add_config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and scaling report, then exit")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from asr.config import load_config
+    from asr.train import train
+
+    return train(load_config(args.config, args.overrides), dry_run=args.dry_run)
+
+
+# --- asr eval ---------------------------------------------------------------------------------
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="decode splits with a checkpoint and score them")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (or folder: its last.pt)")
+    p.add_argument("--data", type=Path, required=True, help="shards folder, manifest folder/file, or LibriSpeech folder")
+    p.add_argument("--split", nargs="*", default=None, help="splits to decode (default: the checkpoint's dev splits)")
+    p.add_argument("--weights", choices=["student", "teacher"], default="student")
+    p.add_argument("--average-last", type=int, default=1, help="average the weights of the last N checkpoints")
+    p.add_argument("--decoder", choices=["greedy", "beam"], default=None, help="default: the checkpoint config's eval.decoder")
+    p.add_argument("--beam-size", type=int, default=None)
+    p.add_argument("--lexicon", type=Path, default=None)
+    p.add_argument("--lm", type=Path, default=None, help="KenLM n-gram (arpa or binary)")
+    p.add_argument("--lm-weight", type=float, default=None)
+    p.add_argument("--word-score", type=float, default=None)
+    p.add_argument("--batch-seconds", type=float, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, required=True, help="writes <out>/<split>/ reports")
+    p.add_argument("--name", default=None, help="system name for the markdown row (default: from the checkpoint)")
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from asr.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(
+        args.checkpoint, args.data, splits=args.split, weights=args.weights,
+        average_last=args.average_last, decoder=args.decoder, beam_size=args.beam_size,
+        lexicon=args.lexicon, lm=args.lm, lm_weight=args.lm_weight, word_score=args.word_score,
+        batch_seconds=args.batch_seconds, device=args.device, out_dir=args.out, name=args.name,
+    )
+    return 0
+
+
+# --- asr score --------------------------------------------------------------------------------
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score hypothesis transcripts against references (WER/CER)")
+    p.add_argument("--ref", type=Path, required=True, help="reference transcripts (Kaldi text or .trn)")
+    p.add_argument("--hyp", type=Path, required=True, help="hypothesis transcripts (Kaldi text or .trn)")
+    p.add_argument("--format", choices=["auto", "kaldi", "trn"], default="auto", help="auto: by extension")
+    p.add_argument("--compare", type=Path, default=None, help="second hypothesis: paired bootstrap test")
+    p.add_argument("--normalize", choices=["librispeech", "none"], default="librispeech")
+    p.add_argument("--out", type=Path, default=None, help="write alignments and reports to this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from asr.wer import score_files
+
+    score_files(args.ref, args.hyp, fmt=args.format, compare=args.compare,
+                normalize=args.normalize, out_dir=args.out, as_json=args.json, seed=args.seed)
+    return 0
+
+
+# --- asr scale --------------------------------------------------------------------------------
+
+
+def _add_scale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scale", help="derive effective hyper-parameters for a batch size (the EMA Scaling Rule)")
+    p.add_argument("--reference-seconds", type=float, required=True, help="global audio seconds per step at kappa = 1")
+    p.add_argument("--batch-seconds", type=float, required=True, help="per-GPU audio seconds per micro-batch")
+    p.add_argument("--world-size", type=int, default=1)
+    p.add_argument("--accum", type=int, default=1)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "adagrad"], required=True)
+    p.add_argument("--rule", choices=["auto", "sgd", "adam", "adagrad", "none"], default="auto")
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--betas", default="0.9,0.98", help="B1,B2 (Adam/AdamW)")
+    p.add_argument("--eps", type=float, default=1e-8)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    p.add_argument("--rho", type=float, required=True, help="EMA teacher momentum at kappa = 1")
+    p.add_argument("--hours", type=float, nargs="*", default=[], help="schedule points in hours of audio")
+    p.add_argument("--on-invalid", choices=["warn", "error"], default="warn")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_scale(args: argparse.Namespace) -> int:
+    from asr.scaling import scale_command
+
+    return scale_command(args)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("config", help="print the resolved config")
+    _add_config_args(p)
+    for add in (_add_synth, _add_prepare, _add_shard, _add_tokenizer, _add_train, _add_eval,
+                _add_score, _add_scale):
+        add(sub)
+    return parser
+
+
+_HANDLERS = {
+    "config": _run_config, "synth": _run_synth, "prepare": _run_prepare, "shard": _run_shard,
+    "tokenizer": _run_tokenizer, "train": _run_train, "eval": _run_eval, "score": _run_score,
+    "scale": _run_scale,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from asr.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _HANDLERS[args.command](args) or 0
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"asr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

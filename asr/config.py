@@ -1,0 +1,473 @@
+"""Experiment configuration: a typed schema, one YAML file, `key=value` overrides.
+
+A run is ``schema <- configs/X.yaml <- dotlist overrides``. Everything is checked before
+any work starts: an unknown key names the closest valid keys, a wrong type or an impossible
+value names the key, the value and what is allowed.
+
+Hyper-parameters here are the *base* values at kappa = 1, i.e. at the reference batch
+``scaling.reference_seconds``. The values a run actually uses are derived by
+:mod:`asr.scaling` and printed in the scaling report. Every schedule is in hours of audio
+seen, so that it means the same thing at any batch size.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+@dataclass
+class DataConfig:
+    shards_dir: str = "exp/synth/data/shards"
+    """Folder holding one sub-folder of tar shards + index per split (``asr shard`` output)."""
+    train_split: str = "train-clean"
+    """Labeled split used for the supervised loss."""
+    unlabeled_split: str | None = "train-unlabeled"
+    """Split whose transcripts are never read for training; pseudo-labeled by the teacher."""
+    dev_splits: list[str] = field(default_factory=lambda: ["dev-clean", "dev-other"])
+    """Splits decoded for the dev WER during training (the first one selects the best checkpoint)."""
+    max_batch_seconds: float = 60.0
+    """Per-GPU micro-batch cap in *padded* audio seconds (batch size x longest utterance)."""
+    num_buckets: int = 16
+    """Duration buckets; utterances of one bucket are batched together to limit padding."""
+    min_duration: float = 0.5
+    """Utterances shorter than this (seconds) are dropped."""
+    max_duration: float = 30.0
+    """Utterances longer than this (seconds) are dropped; must fit in max_batch_seconds."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0 reads in the training process)."""
+    seed: int = 0
+    """Seed of the per-epoch shuffle; the order depends only on (seed, epoch, config)."""
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "letters"
+    """``letters`` (LibriSpeech alphabet, apostrophe, word boundary) or ``sentencepiece``."""
+    vocab_size: int = 128
+    """Sentencepiece vocabulary size (ignored for letters)."""
+    model_type: str = "unigram"
+    """Sentencepiece model type: ``unigram`` or ``bpe``."""
+    path: str | None = None
+    """Trained tokenizer folder; default ``<exp_dir>/tokenizer``, trained/written at start."""
+
+
+@dataclass
+class FeatureConfig:
+    sample_rate: int = 16000
+    """Expected audio sample rate in Hz."""
+    n_mels: int = 80
+    """Log-mel filterbank channels."""
+    win_ms: float = 25.0
+    """Analysis window in milliseconds."""
+    hop_ms: float = 10.0
+    """Frame shift in milliseconds."""
+    normalize: str = "utterance"
+    """``utterance`` (mean/variance per utterance and channel over its valid frames) or ``none``."""
+
+
+@dataclass
+class SpecAugmentConfig:
+    policy: str = "LD"
+    """Preset: ``LB``/``LD`` (Park et al. 2019 LibriSpeech basic/double), ``custom`` or ``none``."""
+    freq_masks: int = 2
+    """Number of frequency masks (custom policy)."""
+    freq_width: int = 27
+    """Maximum frequency-mask width F in mel channels (custom policy)."""
+    time_masks: int = 2
+    """Number of time masks (custom policy)."""
+    time_width: int = 100
+    """Maximum time-mask width T in frames (custom policy)."""
+    time_ratio: float = 1.0
+    """Upper bound p on a time mask as a fraction of the utterance (custom policy)."""
+    start_hours: float = 0.0
+    """Audio hours seen before SpecAugment is switched on."""
+
+
+@dataclass
+class ModelConfig:
+    frontend: str = "conv1d"
+    """``conv1d`` (kernel 7, stride 3, GLU: slimIPL) or ``conv2d`` (two stride-2 convs: 4x)."""
+    d_model: int = 144
+    """Encoder width."""
+    num_layers: int = 6
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads (d_model must divide by it)."""
+    ffn_dim: int = 576
+    """Feed-forward hidden width."""
+    dropout: float = 0.1
+    """Dropout on residual branches and after the front-end."""
+    attention_dropout: float = 0.1
+    """Dropout on attention probabilities."""
+    layerdrop: float = 0.0
+    """Probability of skipping a whole block in training (Fan et al. 2019)."""
+    norm_first: bool = True
+    """Pre-LN (True) or post-LN (False) blocks."""
+    position: str = "conv"
+    """Positional scheme: ``conv`` (convolutional relative, any length) or ``sinusoidal``."""
+    conv_module: bool = False
+    """Add a depthwise-convolution module to each block (conformer-style)."""
+    conv_kernel: int = 15
+    """Kernel of the depthwise convolution module."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    """``sgd``, ``adam``, ``adamw`` or ``adagrad``."""
+    lr: float = 1e-3
+    """Peak learning rate at kappa = 1."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """Adam/AdamW (beta1, beta2) at kappa = 1."""
+    eps: float = 1e-8
+    """Adam/AdamW/Adagrad epsilon at kappa = 1."""
+    weight_decay: float = 0.0
+    """L2 (SGD/Adam/Adagrad) or decoupled (AdamW) weight decay at kappa = 1."""
+    momentum: float = 0.0
+    """SGD heavy-ball momentum at kappa = 1."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+
+
+@dataclass
+class ScheduleConfig:
+    total_hours: float = 10.0
+    """Length of training in hours of audio seen (labeled + unlabeled)."""
+    warmup_hours: float = 0.5
+    """Linear learning-rate warm-up length."""
+    decay: str = "cosine"
+    """After warm-up: ``constant``, ``cosine``, ``linear`` or ``step``."""
+    decay_start_hours: float = 0.0
+    """Hours of audio seen before decay begins (clamped to the end of warm-up)."""
+    step_boundaries_hours: list[float] = field(default_factory=list)
+    """``step`` decay: boundaries in hours at which lr is multiplied by step_factor."""
+    step_factor: float = 0.5
+    """``step`` decay: multiplier at each boundary."""
+    final_lr_ratio: float = 0.05
+    """``cosine``/``linear``: final lr as a fraction of the peak."""
+
+
+@dataclass
+class ProgressiveStage:
+    hours: float = 0.0
+    """Hours of audio seen at which this stage begins."""
+    accum_steps: int = 1
+    """Gradient-accumulation steps from that point on."""
+
+
+@dataclass
+class ScalingConfig:
+    reference_seconds: float = 120.0
+    """Global audio seconds per optimizer step at which the base hyper-parameters hold (kappa = 1)."""
+    unit: str = "seconds"
+    """What kappa counts: ``seconds`` of padded audio or ``utterances``."""
+    reference_utterances: float = 32.0
+    """Global utterances per optimizer step at kappa = 1 (``unit=utterances``)."""
+    optimizer_rule: str = "auto"
+    """``auto`` (the optimizer's own rule), ``sgd``, ``adam``, ``adagrad`` or ``none``."""
+    ema_rule: str = "power"
+    """``power`` (rho -> rho^kappa, the EMA Scaling Rule) or ``none`` (rho fixed)."""
+    on_invalid: str = "warn"
+    """When a scaled value leaves its valid range: ``warn`` (clamp) or ``error``."""
+    progressive: list[ProgressiveStage] = field(default_factory=list)
+    """Batch-size schedule over data seen, as accumulation steps; empty keeps train.accum_steps."""
+
+
+@dataclass
+class EMAConfig:
+    rho: float = 0.999
+    """Teacher momentum per optimizer step at kappa = 1."""
+    start: str = "pl_start"
+    """When the teacher is created as a copy of the student: ``pl_start`` or ``step0``."""
+
+
+@dataclass
+class PseudoLabelConfig:
+    enabled: bool = True
+    """Train on teacher pseudo-labels after pl.start_hours (False: supervised only)."""
+    start_hours: float = 2.0
+    """Hours of labeled audio seen before the pseudo-label phase."""
+    unlabeled_per_labeled: float = 1.0
+    """Unlabeled micro-batches per labeled micro-batch in the pseudo-label phase."""
+    unlabeled_weight: float = 1.0
+    """Weight of the pseudo-label CTC loss against the labeled one."""
+    min_tokens: int = 1
+    """Pseudo-labels with fewer tokens are dropped."""
+    dropout: float | None = None
+    """Model dropout from the pseudo-label start on (None keeps it)."""
+    layerdrop: float | None = None
+    """Model LayerDrop from the pseudo-label start on (None keeps it)."""
+
+
+@dataclass
+class TrainConfig:
+    exp_dir: str = "exp/synth/tiny"
+    """Experiment folder: resolved config, tokenizer, checkpoints, TensorBoard logs."""
+    seed: int = 0
+    """Seed of model initialisation and augmentation."""
+    accum_steps: int = 1
+    """Gradient-accumulation micro-batches per optimizer step (per rank)."""
+    device: str = "auto"
+    """``auto``, ``cpu`` or ``cuda``."""
+    precision: str = "auto"
+    """``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``fp32``."""
+    compile: bool = False
+    """torch.compile the student."""
+    log_every_steps: int = 20
+    """Progress line and TensorBoard scalars every N optimizer steps."""
+    eval_every_hours: float = 1.0
+    """Dev WER of student and teacher every this many hours of audio seen (0 disables)."""
+    checkpoint_every_hours: float = 1.0
+    """Periodic checkpoint cadence in hours of audio seen."""
+    keep_last: int = 3
+    """Periodic checkpoints kept (the best-on-dev one is kept separately)."""
+    max_nonfinite_in_row: int = 10
+    """Stop after this many consecutive skipped (non-finite) steps."""
+    resume: bool = True
+    """Resume from <exp_dir>/checkpoints/last.pt when it exists."""
+    max_minutes: float = 0.0
+    """Wall-clock budget; training stops cleanly (with a checkpoint) when spent (0: none)."""
+
+
+@dataclass
+class EvalConfig:
+    batch_seconds: float = 200.0
+    """Padded audio seconds per decoding batch."""
+    decoder: str = "greedy"
+    """``greedy`` or ``beam`` (torchaudio ctc_decoder; needs flashlight-text)."""
+    beam_size: int = 50
+    """Beam width."""
+    lexicon: str | None = None
+    """Lexicon file for lexicon-constrained beam search."""
+    lm: str | None = None
+    """KenLM arpa/binary n-gram for beam search."""
+    lm_weight: float = 2.0
+    """Language-model weight."""
+    word_score: float = 0.0
+    """Word insertion score."""
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    specaug: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    pl: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _all_keys(schema: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(schema):
+        name = f"{prefix}{f.name}"
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys.extend(_all_keys(type(default), name + "."))
+        else:
+            keys.append(name)
+    return keys
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    valid = _all_keys(ExperimentConfig)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    if not close:  # compare the last component too: `optim.learning_rate` -> `optim.lr`
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in valid if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.6)][:3]
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _wrap(err: Exception, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    if isinstance(err, ConfigKeyError) and key:
+        return ConfigError(f"{source}: {_unknown_key_error(str(key))}")
+    msg = getattr(err, "msg", str(err)).split("\n")[0]
+    value = getattr(err, "value", None)
+    where = f"key '{key}'" if key else "config"
+    got = f" (got {value!r})" if value is not None else ""
+    return ConfigError(f"{source}: {where}: {msg}{got}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Merge ``schema <- YAML file <- key=value overrides`` and validate the result."""
+    cfg = OmegaConf.structured(ExperimentConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        except (ConfigKeyError, ValidationError) as err:
+            raise _wrap(err, str(path)) from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key = item.split("=", 1)[0].lstrip("+")
+        if key not in _all_keys(ExperimentConfig) and not _is_list_item(key):
+            raise _unknown_key_error(key)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+    except (ConfigKeyError, ValidationError) as err:
+        raise _wrap(err, "command line") from None
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _is_list_item(key: str) -> bool:
+    head, _, tail = key.partition(".")
+    return head == "scaling" and tail.startswith("progressive")
+
+
+def config_from_dict(data: dict[str, Any]) -> DictConfig:
+    """Rebuild a validated config from a plain dict (as stored in a checkpoint)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(data))
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: each rule names the key, the value and what is allowed.
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"key '{key}': got {value!r}, allowed values are {', '.join(allowed)}")
+
+
+def _check(cfg: DictConfig, key: str, ok: Any, allowed: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None or (isinstance(value, float) and math.isnan(value)) or not ok(value):
+        raise ConfigError(f"key '{key}': got {value!r}, expected {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject impossible values before any work starts."""
+    pos = lambda v: v > 0  # noqa: E731
+    nonneg = lambda v: v >= 0  # noqa: E731
+    unit = lambda v: 0 <= v < 1  # noqa: E731
+
+    _check(cfg, "data.max_batch_seconds", pos, "a positive number of seconds")
+    _check(cfg, "data.num_buckets", pos, "a positive integer")
+    _check(cfg, "data.min_duration", nonneg, "seconds >= 0")
+    _check(cfg, "data.max_duration", lambda v: v > cfg.data.min_duration,
+           f"seconds > data.min_duration ({cfg.data.min_duration})")
+    _check(cfg, "data.max_duration", lambda v: v <= cfg.data.max_batch_seconds,
+           f"seconds <= data.max_batch_seconds ({cfg.data.max_batch_seconds}), so every utterance fits a batch")
+    _check(cfg, "data.num_workers", nonneg, "an integer >= 0")
+    if not cfg.data.dev_splits:
+        raise ConfigError("key 'data.dev_splits': expected at least one split name")
+
+    _choice(cfg, "tokenizer.kind", ("letters", "sentencepiece"))
+    _choice(cfg, "tokenizer.model_type", ("unigram", "bpe"))
+    _check(cfg, "tokenizer.vocab_size", lambda v: v >= 32, "an integer >= 32")
+
+    _check(cfg, "features.sample_rate", pos, "a positive sample rate in Hz")
+    _check(cfg, "features.n_mels", pos, "a positive integer")
+    _check(cfg, "features.win_ms", pos, "positive milliseconds")
+    _check(cfg, "features.hop_ms", lambda v: 0 < v <= cfg.features.win_ms,
+           f"milliseconds in (0, features.win_ms={cfg.features.win_ms}]")
+    _choice(cfg, "features.normalize", ("utterance", "none"))
+
+    _choice(cfg, "specaug.policy", ("none", "LB", "LD", "custom"))
+    for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
+        _check(cfg, f"specaug.{key}", nonneg, "an integer >= 0")
+    _check(cfg, "specaug.time_ratio", lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+    _check(cfg, "specaug.start_hours", nonneg, "hours >= 0")
+
+    _choice(cfg, "model.frontend", ("conv1d", "conv2d"))
+    _choice(cfg, "model.position", ("conv", "sinusoidal"))
+    for key in ("d_model", "num_layers", "num_heads", "ffn_dim", "conv_kernel"):
+        _check(cfg, f"model.{key}", pos, "a positive integer")
+    _check(cfg, "model.d_model", lambda v: v % cfg.model.num_heads == 0,
+           f"a multiple of model.num_heads ({cfg.model.num_heads})")
+    _check(cfg, "model.conv_kernel", lambda v: v % 2 == 1, "an odd kernel size")
+    for key in ("dropout", "attention_dropout", "layerdrop"):
+        _check(cfg, f"model.{key}", unit, "a probability in [0, 1)")
+
+    _choice(cfg, "optim.name", ("sgd", "adam", "adamw", "adagrad"))
+    _check(cfg, "optim.lr", pos, "a positive learning rate")
+    _check(cfg, "optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+           "two values in [0, 1), e.g. [0.9, 0.98]")
+    _check(cfg, "optim.eps", pos, "a positive epsilon")
+    _check(cfg, "optim.weight_decay", nonneg, "a value >= 0")
+    _check(cfg, "optim.momentum", unit, "a momentum in [0, 1)")
+    _check(cfg, "optim.grad_clip", nonneg, "a norm >= 0 (0 disables clipping)")
+
+    _check(cfg, "schedule.total_hours", pos, "positive hours of audio")
+    _check(cfg, "schedule.warmup_hours", lambda v: 0 <= v <= cfg.schedule.total_hours,
+           f"hours in [0, schedule.total_hours={cfg.schedule.total_hours}]")
+    _choice(cfg, "schedule.decay", ("constant", "cosine", "linear", "step"))
+    _check(cfg, "schedule.decay_start_hours", nonneg, "hours >= 0")
+    _check(cfg, "schedule.step_boundaries_hours", lambda v: list(v) == sorted(v) and all(b >= 0 for b in v),
+           "increasing hours >= 0")
+    _check(cfg, "schedule.step_factor", lambda v: 0 < v <= 1, "a factor in (0, 1]")
+    _check(cfg, "schedule.final_lr_ratio", lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+
+    _check(cfg, "scaling.reference_seconds", pos, "positive seconds of audio per optimizer step")
+    _check(cfg, "scaling.reference_utterances", pos, "a positive number of utterances per step")
+    _choice(cfg, "scaling.unit", ("seconds", "utterances"))
+    _choice(cfg, "scaling.optimizer_rule", ("auto", "sgd", "adam", "adagrad", "none"))
+    _choice(cfg, "scaling.ema_rule", ("power", "none"))
+    _choice(cfg, "scaling.on_invalid", ("warn", "error"))
+    hours = [stage.hours for stage in cfg.scaling.progressive]
+    if hours and (hours != sorted(hours) or hours[0] != 0):
+        raise ConfigError(f"key 'scaling.progressive': stage hours {hours} must increase and start at 0")
+    for i, stage in enumerate(cfg.scaling.progressive):
+        _check(cfg, f"scaling.progressive.{i}.accum_steps", pos, "a positive integer")
+
+    _check(cfg, "ema.rho", lambda v: 0 < v < 1, "a momentum in (0, 1)")
+    _choice(cfg, "ema.start", ("pl_start", "step0"))
+
+    _check(cfg, "pl.start_hours", nonneg, "hours >= 0")
+    _check(cfg, "pl.unlabeled_per_labeled", pos, "a positive ratio")
+    _check(cfg, "pl.unlabeled_weight", nonneg, "a weight >= 0")
+    _check(cfg, "pl.min_tokens", pos, "an integer >= 1")
+    for key in ("dropout", "layerdrop"):
+        if OmegaConf.select(cfg, f"pl.{key}") is not None:
+            _check(cfg, f"pl.{key}", unit, "a probability in [0, 1) or null")
+    if cfg.pl.enabled and not cfg.data.unlabeled_split:
+        raise ConfigError("key 'data.unlabeled_split': pl.enabled=true needs an unlabeled split name")
+
+    _check(cfg, "train.accum_steps", pos, "a positive integer")
+    _choice(cfg, "train.device", ("auto", "cpu", "cuda"))
+    _choice(cfg, "train.precision", ("auto", "bf16", "fp32"))
+    _check(cfg, "train.log_every_steps", pos, "a positive integer")
+    _check(cfg, "train.eval_every_hours", nonneg, "hours >= 0 (0 disables)")
+    _check(cfg, "train.checkpoint_every_hours", pos, "positive hours")
+    _check(cfg, "train.keep_last", pos, "an integer >= 1")
+    _check(cfg, "train.max_nonfinite_in_row", pos, "an integer >= 1")
+    _check(cfg, "train.max_minutes", nonneg, "minutes >= 0 (0: no limit)")
+
+    _check(cfg, "eval.batch_seconds", pos, "positive seconds")
+    _choice(cfg, "eval.decoder", ("greedy", "beam"))
+    _check(cfg, "eval.beam_size", pos, "a positive integer")

@@ -120,6 +120,10 @@ class ModelConfig:
     """Add a depthwise-convolution module to each block (conformer-style)."""
     conv_kernel: int = 15
     """Kernel of the depthwise convolution module."""
+    pos_conv_kernel: int = 128
+    """Kernel, in encoder frames, of the convolutional positional embedding (``position=conv``)."""
+    pos_conv_groups: int = 16
+    """Groups of the convolutional positional embedding (d_model must divide by it)."""
 
 
 @dataclass
@@ -238,6 +242,11 @@ class TrainConfig:
     """Resume from <exp_dir>/checkpoints/last.pt when it exists."""
     max_minutes: float = 0.0
     """Wall-clock budget; training stops cleanly (with a checkpoint) when spent (0: none)."""
+    stop_hours: float = 0.0
+    """Stop (with a checkpoint) after this many hours of audio seen, schedules unchanged (0: at the end)."""
+    init_from: str | None = None
+    """Start from this checkpoint's full state (weights, optimizer, step, data position) in a new
+    exp_dir: runs that share a phase, e.g. supervised-only vs pseudo-labeled after one warm start."""
 
 
 @dataclass
@@ -411,6 +420,9 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "model.d_model", lambda v: v % cfg.model.num_heads == 0,
            f"a multiple of model.num_heads ({cfg.model.num_heads})")
     _check(cfg, "model.conv_kernel", lambda v: v % 2 == 1, "an odd kernel size")
+    _check(cfg, "model.pos_conv_kernel", pos, "a positive kernel size in encoder frames")
+    _check(cfg, "model.pos_conv_groups", lambda v: v > 0 and cfg.model.d_model % v == 0,
+           f"a positive divisor of model.d_model ({cfg.model.d_model})")
     for key in ("dropout", "attention_dropout", "layerdrop"):
         _check(cfg, f"model.{key}", unit, "a probability in [0, 1)")
 
@@ -467,6 +479,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "train.keep_last", pos, "an integer >= 1")
     _check(cfg, "train.max_nonfinite_in_row", pos, "an integer >= 1")
     _check(cfg, "train.max_minutes", nonneg, "minutes >= 0 (0: no limit)")
+    _check(cfg, "train.stop_hours", nonneg, "hours >= 0 (0: schedule.total_hours)")
 
     _check(cfg, "eval.batch_seconds", pos, "positive seconds")
     _choice(cfg, "eval.decoder", ("greedy", "beam"))

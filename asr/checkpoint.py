@@ -1,0 +1,95 @@
+"""Checkpoints: one file per save, written atomically, loadable with ``weights_only=True``.
+
+A checkpoint holds everything a run needs to continue exactly (DESIGN.md contract): student,
+teacher, optimizer, step, data positions, RNG states, the resolved config, the history of
+kappa and the tokenizer itself, so that ``asr eval`` decodes with the same units.
+
+Layout of ``<exp_dir>/checkpoints/``::
+
+    step-00001200.pt   periodic saves; only the newest ``keep_last`` are kept
+    last.pt            hard link to the newest periodic save (replaced atomically)
+    best.pt            hard link to the save with the lowest dev WER
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_VERSION = 1
+_STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def _atomic_link(target: Path, link: Path) -> None:
+    tmp = link.with_name(f".{link.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError:  # filesystems without hard links: fall back to a copy
+        torch.save(torch.load(target, map_location="cpu", weights_only=True), tmp)
+    os.replace(tmp, link)
+
+
+def save_checkpoint(payload: dict[str, Any], ckpt_dir: str | Path, step: int, *,
+                    keep_last: int, is_best: bool = False) -> Path:
+    """Write ``step-NNNNNNNN.pt`` atomically, point ``last.pt`` (and ``best.pt``) at it, prune."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step-{step:08d}.pt"
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"version": CHECKPOINT_VERSION, **payload}, tmp)
+    os.replace(tmp, path)
+    _atomic_link(path, ckpt_dir / "last.pt")
+    if is_best:
+        _atomic_link(path, ckpt_dir / "best.pt")
+    for old in list_checkpoints(ckpt_dir)[:-keep_last]:
+        old.unlink()  # best.pt and last.pt are links of their own and survive
+    return path
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Periodic checkpoints of a folder, oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if _STEP_FILE.match(p.name))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a folder (an experiment or its ``checkpoints/``) -> its ``last.pt``."""
+    path = Path(path)
+    for candidate in (path, path / "last.pt", path / "checkpoints" / "last.pt"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no checkpoint at {path} (expected a .pt file or a folder with last.pt)")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load on the CPU with ``weights_only=True`` (no arbitrary code runs from the file)."""
+    path = resolve_checkpoint(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    version = payload.get("version") if isinstance(payload, dict) else None
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint format version {version!r}, expected {CHECKPOINT_VERSION}")
+    return payload
+
+
+def average_state_dicts(paths: list[Path], key: str) -> dict[str, torch.Tensor]:
+    """Element-wise mean of ``payload[key]`` over checkpoints (float tensors; others from the last)."""
+    if not paths:
+        raise ValueError("average_state_dicts needs at least one checkpoint")
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state = load_checkpoint(path).get(key)
+        if state is None:
+            raise ValueError(f"{path}: checkpoint has no '{key}' weights")
+        for name, tensor in state.items():
+            if tensor.is_floating_point():
+                total[name] = total.get(name, 0) + tensor.double()
+            else:
+                total[name] = tensor
+    return {name: (t / len(paths)).float() if t.is_floating_point() else t for name, t in total.items()}

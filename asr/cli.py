@@ -173,13 +173,34 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="write alignments and reports to this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--name", default=None, help="system name in the reports (default: the --hyp file name)")
 
 
 def _run_score(args: argparse.Namespace) -> int:
     from asr.wer import score_files
 
     score_files(args.ref, args.hyp, fmt=args.format, compare=args.compare,
-                normalize=args.normalize, out_dir=args.out, as_json=args.json, seed=args.seed)
+                normalize=args.normalize, out_dir=args.out, as_json=args.json, seed=args.seed,
+                name=args.name)
+    return 0
+
+
+# --- asr results ------------------------------------------------------------------------------
+
+
+def _add_results(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="collect `asr eval` outputs into one markdown WER table")
+    p.add_argument("eval_dirs", nargs="+", type=Path, help="--out folders of asr eval (one row each)")
+    p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
+
+
+def _run_results(args: argparse.Namespace) -> int:
+    from asr.evaluate import results_table
+
+    table = results_table(args.eval_dirs)
+    print(table, end="")
+    if args.out is not None:
+        args.out.write_text(table)
     return 0
 
 
@@ -195,20 +216,42 @@ def _add_scale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "adagrad"], required=True)
     p.add_argument("--rule", choices=["auto", "sgd", "adam", "adagrad", "none"], default="auto")
     p.add_argument("--lr", type=float, required=True)
-    p.add_argument("--betas", default="0.9,0.98", help="B1,B2 (Adam/AdamW)")
+    p.add_argument("--betas", type=_betas, default=(0.9, 0.98), help="B1,B2 (Adam/AdamW)")
     p.add_argument("--eps", type=float, default=1e-8)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
     p.add_argument("--rho", type=float, required=True, help="EMA teacher momentum at kappa = 1")
+    p.add_argument("--ema-rule", choices=["power", "none"], default="power", help="power: rho -> rho^kappa")
     p.add_argument("--hours", type=float, nargs="*", default=[], help="schedule points in hours of audio")
     p.add_argument("--on-invalid", choices=["warn", "error"], default="warn")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _run_scale(args: argparse.Namespace) -> int:
-    from asr.scaling import scale_command
+def _betas(text: str) -> tuple[float, float]:
+    try:
+        beta1, beta2 = (float(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers B1,B2 such as 0.9,0.98, got {text!r}") from None
+    return beta1, beta2
 
-    return scale_command(args)
+
+def _run_scale(args: argparse.Namespace) -> int:
+    import warnings
+
+    from asr.scaling import ScalingWarning, calculate, format_calculation
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScalingWarning)
+        result = calculate(
+            reference_seconds=args.reference_seconds, batch_seconds=args.batch_seconds,
+            world_size=args.world_size, accum_steps=args.accum, optimizer=args.optimizer, lr=args.lr,
+            betas=args.betas, eps=args.eps, weight_decay=args.weight_decay, momentum=args.momentum,
+            rho=args.rho, rule=args.rule, ema_rule=args.ema_rule, hours=args.hours, on_invalid=args.on_invalid,
+        )
+    for warning in caught:
+        print(f"asr scale: warning: {warning.message}", file=sys.stderr)
+    print(format_calculation(result, as_json=args.json))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config")
     _add_config_args(p)
     for add in (_add_synth, _add_prepare, _add_shard, _add_tokenizer, _add_train, _add_eval,
-                _add_score, _add_scale):
+                _add_score, _add_results, _add_scale):
         add(sub)
     return parser
 
@@ -228,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 _HANDLERS = {
     "config": _run_config, "synth": _run_synth, "prepare": _run_prepare, "shard": _run_shard,
     "tokenizer": _run_tokenizer, "train": _run_train, "eval": _run_eval, "score": _run_score,
-    "scale": _run_scale,
+    "results": _run_results, "scale": _run_scale,
 }
 
 

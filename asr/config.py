@@ -360,7 +360,8 @@ def config_from_dict(data: dict[str, Any]) -> DictConfig:
 
 
 def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg)
+    """The config as YAML, interpolations (``${pl.start_hours}``) resolved."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,7 +455,7 @@ def validate(cfg: DictConfig) -> None:
     hours = [stage.hours for stage in cfg.scaling.progressive]
     if hours and (hours != sorted(hours) or hours[0] != 0):
         raise ConfigError(f"key 'scaling.progressive': stage hours {hours} must increase and start at 0")
-    for i, stage in enumerate(cfg.scaling.progressive):
+    for i in range(len(cfg.scaling.progressive)):
         _check(cfg, f"scaling.progressive.{i}.accum_steps", pos, "a positive integer")
 
     _check(cfg, "ema.rho", lambda v: 0 < v < 1, "a momentum in (0, 1)")

@@ -33,7 +33,7 @@ from asr.data.shards import SplitIndex, load_index, read_audio
 from asr.decode import BeamDecoder, BeamOptions, greedy_decode
 from asr.model import build_model
 from asr.text.tokenizer import Tokenizer, tokenizer_from_dict
-from asr.wer import edit_counts_batch, format_rate, score_corpus, write_reports
+from asr.wer import edit_counts_batch, format_rate, score_corpus
 
 # ----------------------------------------------------------------------------------------------
 # What to decode
@@ -144,7 +144,7 @@ def decode_set(model: torch.nn.Module, features: LogMelFeatures, eval_set: EvalS
             texts = beam(log_probs.float(), out_lengths)
         else:
             texts = [tokenizer.decode(ids) for ids in greedy_decode(log_probs, out_lengths, tokenizer.blank_id)]
-        hyps.update((eval_set.keys[i], text) for i, text in zip(members, texts, strict=False))
+        hyps.update((eval_set.keys[i], text) for i, text in zip(members, texts, strict=True))
     model.train(was_training)
     if world_size > 1:
         shards: list[dict[str, str] | None] = [None] * world_size
@@ -196,6 +196,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, *, splits: Sequence[str] |
                         batch_seconds: float | None, device: str, out_dir: Path, name: str | None) -> dict[str, dict]:
     """Decode and score each split; write per-split reports under ``out_dir/<split>/``."""
     from asr.train import setup_runtime  # the same process-group setup as training
+    from asr.wer import write_reports
 
     model, tokenizer, info = load_model_for_eval(checkpoint, weights, average_last)
     cfg = info["config"]
@@ -221,11 +222,11 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, *, splits: Sequence[str] |
                           autocast_dtype=rt.autocast_dtype, beam=beam)
         seconds = time.perf_counter() - t0
         if rt.is_main:
-            score = score_corpus(dict(zip(eval_set.keys, eval_set.texts, strict=False)), hyps,
-                                 speakers=dict(zip(eval_set.keys, eval_set.speakers, strict=False)))
+            score = score_corpus(dict(zip(eval_set.keys, eval_set.texts, strict=True)), hyps,
+                                 speakers=dict(zip(eval_set.keys, eval_set.speakers, strict=True)))
             write_reports(score, Path(out_dir) / split, name=f"{name} {split}")
             summary = score.summary()
-            summary.update(decode_seconds=seconds, audio_hours=float(eval_set.durations.sum() / 3600),
+            summary.update(name=name, split=split, decode_seconds=seconds, audio_hours=float(eval_set.durations.sum() / 3600),
                            checkpoint=str(info["path"]), weights=weights, decoder=decoder)
             (Path(out_dir) / split / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             results[split] = summary
@@ -243,3 +244,25 @@ def _with_device(cfg, device: str):
     data = OmegaConf.to_container(cfg)
     data["train"]["device"] = device
     return config_from_dict(data)
+
+
+def results_table(eval_dirs: Sequence[Path]) -> str:
+    """A markdown WER table: one row per ``asr eval`` output folder, one column per split."""
+    rows, splits = [], []
+    for folder in eval_dirs:
+        summaries = sorted(Path(folder).glob("*/summary.json"))
+        if not summaries:
+            raise FileNotFoundError(f"{folder}: no <split>/summary.json (is it an `asr eval --out` folder?)")
+        by_split = {}
+        for path in summaries:
+            summary = json.loads(path.read_text())
+            by_split[summary.get("split", path.parent.name)] = summary
+        splits += [s for s in by_split if s not in splits]
+        name = next(iter(by_split.values())).get("name", str(folder))
+        rows.append((name, by_split))
+    lines = ["| system | " + " | ".join(f"{s} WER %" for s in splits) + " |",
+             "| --- | " + " | ".join("---:" for _ in splits) + " |"]
+    for name, by_split in rows:
+        cells = [format_rate(by_split[s]["wer"]) if s in by_split else "" for s in splits]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

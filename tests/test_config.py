@@ -82,7 +82,7 @@ def test_impossible_value_names_key_value_and_what_is_allowed(override, key, exp
 
 
 def test_progressive_stages_must_start_at_zero_and_increase():
-    with pytest.raises(ConfigError, match="scaling.progressive"):
+    with pytest.raises(ConfigError, match=r"scaling\.progressive"):
         load_config(None, ["scaling.progressive=[{hours: 1, accum_steps: 2}]"])
     cfg = load_config(None, ["scaling.progressive=[{hours: 0, accum_steps: 1}, {hours: 2, accum_steps: 4}]"])
     assert [s.accum_steps for s in cfg.scaling.progressive] == [1, 4]

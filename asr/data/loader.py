@@ -1,0 +1,230 @@
+"""The distributed, resumable micro-batch loader: shards in, padded waveform batches out.
+
+Who reads what. Every rank and every DataLoader worker builds the same epoch plan from the
+index's durations (:class:`asr.data.sampler.EpochPlan`). Rank ``r`` of ``W`` takes plan
+positions ``p`` with ``p % W == r``; worker ``k`` of ``K`` takes the rank's micro-batches
+``j`` with ``j % K == k``, and DataLoader's round-robin fetching hands them back in the rank's
+order. A worker then reads only the members of its own micro-batches, each one positioned
+byte-range read of its shard through the index. That is how each rank and worker reads its
+own part of the shards while the global order stays independent of world size and workers;
+no process scans a tar or decodes audio meant for another.
+
+Every batch carries the data position after its round, so the trainer can checkpoint it
+without communication and resume exactly, also on another number of ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from asr.data.audio import AudioDecodeError
+from asr.data.sampler import (
+    DataPosition,
+    EpochPlan,
+    EpochPlanner,
+    ScheduledBatch,
+    rank_schedule,
+    resolve_start,
+)
+from asr.data.shards import SplitIndex, read_audio
+
+if TYPE_CHECKING:
+    from asr.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One rank's micro-batch: zero-padded waveforms with their transcripts and bookkeeping."""
+
+    waves: torch.Tensor  # float32 [B, T_max] zero-padded
+    lengths: torch.Tensor  # int64 [B] samples
+    keys: list[str]
+    texts: list[str]  # "" for unlabeled utterances
+    truths: list[str | None] | None  # held-out transcripts when the index has them
+    sample_rate: int  # Hz
+    seconds: float  # audio seconds in the batch (decoded utterances only)
+    padded_seconds: float  # B x T_max / sample_rate
+    epoch: int
+    position: DataPosition  # where the stream stands once every rank has taken this round
+    failed: int  # members of this micro-batch skipped because they did not decode
+    duplicate: bool  # a padding repeat that evens out the ranks at the end of an epoch
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Tensors moved to ``device`` (asynchronously from pinned memory)."""
+        return dataclasses.replace(self, waves=self.waves.to(device, non_blocking=True),
+                                   lengths=self.lengths.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader's pin-memory thread when ``pin_memory=True``."""
+        return dataclasses.replace(self, waves=self.waves.pin_memory(), lengths=self.lengths.pin_memory())
+
+
+def _already_collated(batch: Batch) -> Batch:
+    """DataLoader collate function: the stream yields collated batches already."""
+    return batch
+
+
+class MicroBatchStream(IterableDataset):
+    """One rank's infinite stream of decoded micro-batches, split across DataLoader workers."""
+
+    def __init__(self, index: SplitIndex, plan_for_epoch: Callable[[int], EpochPlan],
+                 start: DataPosition, *, rank: int, world_size: int) -> None:
+        super().__init__()
+        self.index = index
+        self.plan_for_epoch = plan_for_epoch
+        self.start = start
+        self.rank = rank
+        self.world_size = world_size
+        self._reported: set[int] = set()  # utterances whose decode failure was logged
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        schedule = rank_schedule(self.plan_for_epoch, self.start, rank=self.rank,
+                                 world_size=self.world_size)
+        for j, scheduled in enumerate(schedule):
+            if j % num_workers == worker_id:
+                yield self.read(scheduled)
+
+    def read(self, scheduled: ScheduledBatch) -> Batch:
+        """Decode and collate one micro-batch, skipping members that do not decode (each one
+        logged once per reading process, and counted in every batch it is missing from)."""
+        index = self.index
+        kept: list[int] = []
+        waves: list[np.ndarray] = []
+        errors: list[AudioDecodeError] = []
+        for i in scheduled.indices.tolist():
+            try:
+                waves.append(read_audio(index, i))
+                kept.append(i)
+            except AudioDecodeError as err:
+                errors.append(err)
+                if i not in self._reported:
+                    self._reported.add(i)
+                    logger.warning("skipping an utterance that does not decode: %s", err)
+        if not kept:
+            raise RuntimeError(
+                f"split {index.split!r}, epoch {scheduled.epoch}, micro-batch {scheduled.plan_index}: "
+                f"none of its {len(errors)} utterances decodes (first: {errors[0]})")
+
+        lengths = np.array([len(w) for w in waves], dtype=np.int64)
+        padded = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
+        for row, wave in zip(padded, waves, strict=True):
+            row[: len(wave)] = wave
+        sample_rate = index.sample_rate
+        return Batch(
+            waves=torch.from_numpy(padded),
+            lengths=torch.from_numpy(lengths),
+            keys=[index.key(i) for i in kept],
+            texts=[index.text(i) for i in kept],
+            truths=[index.truth(i) for i in kept] if index.has_truth else None,
+            sample_rate=sample_rate,
+            seconds=float(lengths.sum()) / sample_rate,
+            padded_seconds=padded.size / sample_rate,
+            epoch=scheduled.epoch,
+            position=scheduled.after,
+            failed=len(errors),
+            duplicate=scheduled.duplicate,
+        )
+
+
+class BatchLoader:
+    """Infinite, resumable micro-batches of one split for one rank.
+
+    ``iter(loader)`` starts a fresh stream at ``start`` (default: epoch 0, batch 0); each
+    :class:`Batch` carries the position to save with a checkpoint, and a loader built with that
+    position as ``start`` continues the stream: with the same world size it yields exactly the
+    batches that would have followed; with another, the epoch goes on with no utterance skipped
+    or repeated. Every rank yields the same number of micro-batches per epoch.
+    """
+
+    def __init__(
+        self,
+        index: SplitIndex,
+        *,
+        max_batch_seconds: float,
+        num_buckets: int,
+        min_duration: float,
+        max_duration: float,
+        seed: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        start: DataPosition | None = None,
+        pin_memory: bool = False,
+        allow_plan_change: bool = False,
+        prefetch_factor: int = 2,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} / world_size {world_size}: expected 0 <= rank < world_size")
+        if num_workers < 0:
+            raise ValueError(f"num_workers: expected an integer >= 0, got {num_workers}")
+        self.index = index
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.planner = EpochPlanner(index.duration, max_batch_seconds=max_batch_seconds,
+                                    num_buckets=num_buckets, min_duration=min_duration,
+                                    max_duration=max_duration, seed=seed)
+        requested = start if start is not None else DataPosition()
+        self._plan = self.planner(requested.epoch)
+        self.start = resolve_start(requested, self._plan, allow_plan_change=allow_plan_change)
+        logger.info("%s: %d utterances, %.2f h an epoch (%d outside [%g, %g] s dropped); %d micro-batches "
+                    "over %d ranks, %d of them padding repeats; %.1f%% padding in batches",
+                    index.split, self._plan.num_utterances, self.hours_per_epoch, self.dropped_utterances,
+                    min_duration, max_duration, self.batches_per_epoch, world_size,
+                    self.duplicate_batches_per_epoch, 100 * self._plan.padding_waste)
+
+    @classmethod
+    def from_config(cls, index: SplitIndex, cfg: DataConfig, *, rank: int, world_size: int,
+                    start: DataPosition | None = None, pin_memory: bool = False,
+                    allow_plan_change: bool = False) -> BatchLoader:
+        """Build from :class:`asr.config.DataConfig` (``cfg.data``)."""
+        return cls(index, max_batch_seconds=cfg.max_batch_seconds, num_buckets=cfg.num_buckets,
+                   min_duration=cfg.min_duration, max_duration=cfg.max_duration, seed=cfg.seed,
+                   rank=rank, world_size=world_size, num_workers=cfg.num_workers, start=start,
+                   pin_memory=pin_memory, allow_plan_change=allow_plan_change)
+
+    @property
+    def hours_per_epoch(self) -> float:
+        """Audio hours of the utterances kept by the duration filter (one pass, no repeats)."""
+        return self._plan.seconds / 3600.0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches of a full epoch over all ranks, padded to whole rounds (start epoch's
+        plan; other epochs' plans differ by a few batches, as their batches are refilled)."""
+        return self._plan.padded_length(self.world_size)
+
+    @property
+    def duplicate_batches_per_epoch(self) -> int:
+        """Padding repeats that make a full epoch a whole number of rounds (< world_size)."""
+        return self.batches_per_epoch - len(self._plan)
+
+    @property
+    def dropped_utterances(self) -> int:
+        """Utterances outside [min_duration, max_duration], never read."""
+        return len(self.index) - self._plan.num_utterances
+
+    def __iter__(self) -> Iterator[Batch]:
+        stream = MicroBatchStream(self.index, self.planner, self.start, rank=self.rank,
+                                  world_size=self.world_size)
+        loader = DataLoader(stream, batch_size=None, collate_fn=_already_collated,
+                            num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            prefetch_factor=self.prefetch_factor if self.num_workers else None)
+        return iter(loader)

@@ -1,0 +1,344 @@
+"""LibriSpeech folders to JSONL manifests (``asr prepare``).
+
+One manifest line per kept utterance, sorted by id::
+
+    {"id": "1272-128104-0000", "audio": "/abs/path.flac", "duration": 5.855, "num_samples": 93680,
+     "sample_rate": 16000, "text": "MISTER QUILTER ...", "speaker": "1272", "chapter": "128104"}
+
+A split folder with audio but no ``*.trans.txt`` at all is *unlabeled*: its ``text`` is "" and,
+when ``<corpus>/held-out/<split>.txt`` exists (Kaldi text, ``<id> <TEXT>``), its transcripts go
+into ``truth`` so pseudo-labels can be scored; training never reads ``truth``.
+
+Preparing a corpus must not stop on one bad file in 281k: every bad entry is skipped, named
+with its reason on stderr and in ``<split>.summary.json``. Only headers are read
+(``soundfile.info``); audio is decoded only to resample it (``resample=True``), and the
+resampled FLAC goes to ``<out>/resampled/<split>/`` with the manifest pointing there.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import soundfile as sf
+
+from asr.data.audio import AudioDecodeError, encode_flac, read_audio_file, resample
+from asr.text.normalize import normalize_librispeech
+
+AUDIO_SUFFIXES = (".flac", ".wav")
+MANIFEST_KEYS = ("id", "audio", "duration", "num_samples", "sample_rate", "text", "speaker", "chapter")
+
+# Reasons an entry is skipped; the summary counts entries by these strings.
+UNREADABLE = "unreadable audio"
+NO_TRANSCRIPT = "audio without transcript"
+NO_AUDIO = "transcript without audio"
+EMPTY_TEXT = "empty text"
+SAMPLE_RATE = "wrong sample rate"
+NOT_MONO = "not mono"
+DUPLICATE = "duplicate id"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small shared helpers: atomic writes, a parallel map with a progress line, manifest reading
+
+
+def write_atomic(path: str | Path, data: bytes | memoryview | str) -> None:
+    """Write ``path`` via a temporary file in the same folder and a rename: readers see the old
+    file or the whole new one, never a partial one (also when interrupted)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_jobs(jobs: int) -> int:
+    """Worker processes for ``--jobs``: 0 means every core this process may use."""
+    if jobs < 0:
+        raise ValueError(f"--jobs must be >= 0 (0: all cores), got {jobs}")
+    if jobs == 0:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return jobs
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, jobs: int, label: str) -> list[R]:
+    """``[fn(x) for x in items]`` in ``jobs`` processes (in this one for jobs=1), in order,
+    with a progress line on stderr. Workers come from a fork server, so a parent that has
+    started threads (torch, OpenMP) cannot deadlock them."""
+    jobs = min(resolve_jobs(jobs), max(len(items), 1))
+    progress = _Progress(label, len(items))
+    results: list[R] = []
+    if jobs == 1:
+        for item in items:
+            results.append(fn(item))
+            progress.update(len(results))
+    else:
+        chunksize = max(1, min(64, len(items) // (jobs * 8)))
+        with multiprocessing.get_context("forkserver").Pool(jobs) as pool:
+            for result in pool.imap(fn, items, chunksize=chunksize):
+                results.append(result)
+                progress.update(len(results))
+    progress.done()
+    return results
+
+
+class _Progress:
+    """``label: done/total`` on one stderr line, redrawn at most twice a second on a terminal
+    (a log file gets only the final count)."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self._last = label, total, 0.0
+        self._live = sys.stderr.isatty()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if self._live and now - self._last >= 0.5:
+            self._last = now
+            print(f"\r{self.label}: {done}/{self.total}", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        print(f"\r{self.label}: {self.total}/{self.total}", file=sys.stderr, flush=True)
+
+
+def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """Parse a manifest; an invalid line raises ValueError naming ``file:line`` and the problem."""
+    return [entry for _, entry in read_manifest_lines(path)]
+
+
+def read_manifest_lines(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """Each manifest line as (raw text, parsed entry): the raw text is what shards hash."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg})") from None
+            missing = [k for k in MANIFEST_KEYS if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise ValueError(f"{path}:{number}: missing keys {', '.join(missing)}; "
+                                 f"expected {', '.join(MANIFEST_KEYS)}")
+            rows.append((line, entry))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Scanning a LibriSpeech folder
+
+
+@dataclass
+class SplitSummary:
+    """What preparing one split kept and skipped (written as ``<split>.summary.json``)."""
+
+    split: str
+    labeled: bool
+    utterances: int = 0
+    seconds: float = 0.0
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason", "detail"}
+
+    @property
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(sorted(Counter(s["reason"] for s in self.skipped).items()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"split": self.split, "labeled": self.labeled, "utterances": self.utterances,
+                "hours": self.seconds / 3600.0, "skipped_by_reason": self.skipped_by_reason,
+                "skipped": self.skipped}
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """One audio file to check (and maybe resample); picklable for worker processes."""
+
+    id: str
+    path: str
+    sample_rate: int
+    resample_to: str | None  # FLAC destination when a wrong rate should be resampled
+
+
+def find_librispeech_root(corpus: str | Path) -> Path:
+    """``corpus/LibriSpeech`` if it exists, else ``corpus`` itself (the LibriSpeech folder)."""
+    corpus = Path(corpus)
+    if not corpus.is_dir():
+        raise FileNotFoundError(f"corpus folder not found: {corpus}")
+    return corpus / "LibriSpeech" if (corpus / "LibriSpeech").is_dir() else corpus
+
+
+def find_splits(root: Path) -> list[str]:
+    """Sub-folders of ``root`` that hold audio files anywhere below them."""
+    return sorted(d.name for d in root.iterdir()
+                  if d.is_dir() and any(p.suffix in AUDIO_SUFFIXES for p in d.rglob("*")))
+
+
+def _read_kaldi_text(path: Path) -> dict[str, str]:
+    """``<id> <TEXT>`` lines (LibriSpeech trans.txt, Kaldi text); a bare id has text ""."""
+    texts = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.strip().split(maxsplit=1)
+            if parts:
+                texts[parts[0]] = parts[1] if len(parts) > 1 else ""
+    return texts
+
+
+def _probe_audio(probe: _Probe) -> tuple[dict[str, Any] | None, str, str]:
+    """Header facts of one file -> (fields, "", "") or (None, reason, detail)."""
+    try:
+        info = sf.info(probe.path)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        return None, UNREADABLE, str(err)
+    if info.channels != 1:
+        return None, NOT_MONO, f"{info.channels} channels"
+    if info.frames <= 0:
+        return None, UNREADABLE, "no samples"
+    path, rate, frames = probe.path, info.samplerate, info.frames
+    if rate != probe.sample_rate:
+        if probe.resample_to is None:
+            return None, SAMPLE_RATE, f"{rate} Hz, expected {probe.sample_rate} Hz (use --resample)"
+        try:
+            samples, rate = read_audio_file(probe.path, key=probe.id)
+        except AudioDecodeError as err:
+            return None, UNREADABLE, err.reason
+        samples = resample(samples, rate, probe.sample_rate)
+        write_atomic(probe.resample_to, encode_flac(samples, probe.sample_rate))
+        path, rate, frames = probe.resample_to, probe.sample_rate, len(samples)
+    return {"audio": path, "duration": frames / rate, "num_samples": frames, "sample_rate": rate}, "", ""
+
+
+def prepare_split(
+    split_dir: Path,
+    out_dir: Path,
+    *,
+    held_out: Path | None = None,
+    sample_rate: int = 16000,
+    resample: bool = False,
+    jobs: int = 0,
+) -> SplitSummary:
+    """Write ``<out_dir>/manifests/<split>.jsonl`` and its summary for one split folder."""
+    split = split_dir.name
+    audio: dict[str, Path] = {}
+    transcripts: dict[str, str] = {}
+    transcript_files = sorted(split_dir.rglob("*.trans.txt"))
+    summary = SplitSummary(split, labeled=bool(transcript_files))
+
+    def skip(utt_id: str, reason: str, detail: str = "") -> None:
+        summary.skipped.append({"id": utt_id, "reason": reason, "detail": detail})
+
+    for path in sorted(p for p in split_dir.rglob("*") if p.suffix in AUDIO_SUFFIXES):
+        if path.stem in audio:
+            skip(path.stem, DUPLICATE, f"{path}; {audio[path.stem]} is kept")
+        else:
+            audio[path.stem] = path.resolve()
+    for path in transcript_files:
+        for utt_id, text in _read_kaldi_text(path).items():
+            if utt_id in transcripts:
+                skip(utt_id, DUPLICATE, f"second transcript in {path}; the first is kept")
+            else:
+                transcripts[utt_id] = text
+    truths = _read_kaldi_text(held_out) if held_out is not None and not summary.labeled else {}
+
+    kept: list[tuple[str, str]] = []  # (id, normalized text; "" when unlabeled)
+    for utt_id in sorted(audio.keys() | transcripts.keys()):
+        text = normalize_librispeech(transcripts.get(utt_id, ""))
+        if utt_id not in audio:
+            skip(utt_id, NO_AUDIO, f"listed in a trans.txt of {split_dir}")
+        elif summary.labeled and utt_id not in transcripts:
+            skip(utt_id, NO_TRANSCRIPT, str(audio[utt_id]))
+        elif summary.labeled and not text:
+            skip(utt_id, EMPTY_TEXT, f"transcript {transcripts[utt_id]!r}")
+        else:
+            kept.append((utt_id, text))
+
+    resampled_dir = (out_dir / "resampled" / split).resolve()
+    probes = [_Probe(utt_id, str(audio[utt_id]), sample_rate,
+                     str(resampled_dir / f"{utt_id}.flac") if resample else None)
+              for utt_id, _ in kept]
+    if resample:
+        resampled_dir.mkdir(parents=True, exist_ok=True)
+    results = parallel_map(_probe_audio, probes, jobs=jobs, label=f"prepare {split}")
+
+    lines = []
+    for (utt_id, text), (facts, reason, detail) in zip(kept, results, strict=True):
+        if facts is None:
+            skip(utt_id, reason, f"{audio[utt_id]}: {detail}")
+            continue
+        path = audio[utt_id]
+        entry = {"id": utt_id, **facts, "text": text}
+        if utt_id in truths:
+            entry["truth"] = normalize_librispeech(truths[utt_id])
+        entry |= {"speaker": path.parent.parent.name, "chapter": path.parent.name}
+        lines.append(json.dumps(entry, ensure_ascii=False))
+        summary.utterances += 1
+        summary.seconds += facts["duration"]
+    summary.skipped.sort(key=lambda s: (s["reason"], s["id"]))
+
+    manifest_dir = out_dir / "manifests"
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(manifest_dir / f"{split}.jsonl", "".join(line + "\n" for line in lines))
+    write_atomic(manifest_dir / f"{split}.summary.json", json.dumps(summary.to_json(), indent=1) + "\n")
+    for s in summary.skipped[:20]:
+        print(f"prepare {split}: skipped {s['id']}: {s['reason']} ({s['detail']})", file=sys.stderr)
+    if len(summary.skipped) > 20:
+        print(f"prepare {split}: ... {len(summary.skipped) - 20} more skipped, see "
+              f"{manifest_dir / (split + '.summary.json')}", file=sys.stderr)
+    return summary
+
+
+def prepare_corpus(
+    corpus: str | Path,
+    out: str | Path,
+    splits: Iterable[str] | None = None,
+    sample_rate: int = 16000,
+    resample: bool = False,
+    jobs: int = 0,
+) -> dict[str, SplitSummary]:
+    """Manifests for the splits of a LibriSpeech folder (default: every split found)."""
+    root = find_librispeech_root(corpus)
+    found = find_splits(root)
+    wanted = list(splits) if splits else found
+    if not wanted:
+        raise FileNotFoundError(f"no split folders with audio in {root}")
+    unknown = [s for s in wanted if s not in found]
+    if unknown:
+        raise FileNotFoundError(f"splits {', '.join(unknown)} not found in {root}; "
+                                f"found: {', '.join(found) or 'none'}")
+    if sample_rate <= 0:
+        raise ValueError(f"--sample-rate must be a positive rate in Hz, got {sample_rate}")
+    held_out_dirs = [Path(corpus) / "held-out", root.parent / "held-out"]
+    summaries = {}
+    for split in wanted:
+        held_out = next((d / f"{split}.txt" for d in held_out_dirs if (d / f"{split}.txt").is_file()), None)
+        summaries[split] = prepare_split(root / split, Path(out), held_out=held_out,
+                                         sample_rate=sample_rate, resample=resample, jobs=jobs)
+    print(format_summary(summaries.values()))
+    return summaries
+
+
+def format_summary(summaries: Iterable[SplitSummary]) -> str:
+    """Markdown table: utterances, hours and skipped entries by reason, per split."""
+    rows = ["| split | labeled | utterances | hours | skipped |", "| --- | --- | ---: | ---: | --- |"]
+    for s in summaries:
+        skipped = ", ".join(f"{reason}: {n}" for reason, n in s.skipped_by_reason.items()) or "none"
+        rows.append(f"| {s.split} | {'yes' if s.labeled else 'no'} | {s.utterances} | "
+                    f"{s.seconds / 3600:.3f} | {skipped} |")
+    return "\n".join(rows)

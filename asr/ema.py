@@ -1,0 +1,147 @@
+"""The EMA teacher: an exponential moving average of the student's weights.
+
+The teacher averages the student over its recent optimizer steps, which cancels much of the
+step-to-step noise of SGD/Adam (Polyak-Ruppert averaging) and changes slowly. That makes it a
+better and steadier labeller than the student itself: pseudo-labels from a slowly moving
+teacher do not chase the student's own mistakes, which is what keeps momentum pseudo-labeling
+(Higuchi et al. 2021) and slimIPL-style training from collapsing.
+
+The update is ``teacher <- rho * teacher + (1 - rho) * student`` once per *optimizer step*.
+rho is a momentum per step; the EMA Scaling Rule (rho -> rho^kappa, :mod:`asr.scaling`) is
+derived for exactly that cadence. Updating per micro-batch would apply it accum_steps times
+per step, towards a student that has not moved: a different, batch-size dependent average.
+
+Design (after timm's ``ModelEmaV3``): the shadow is an fp32 deep copy of the *unwrapped*
+student, in eval mode, with gradients off and never wrapped in DDP (every rank holds the same
+teacher because every rank applies the same all-reduced update). Tensors are paired by name,
+not position, so a student whose modules are registered in another order fails loudly instead
+of averaging the wrong weights together. The update is one fused ``torch._foreach_lerp_`` (two
+fused multi-tensor kernels when rho is a device tensor, which lerp would read back to the host).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP/DataParallel (``.module``) and torch.compile (``._orig_mod``)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def strip_wrapper_prefixes(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """State-dict keys without the ``module.`` / ``_orig_mod.`` prefixes that wrappers add."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+class EMATeacher:
+    """fp32 EMA of a student, updated once per optimizer step; call it like the student.
+
+    Create it from the unwrapped student *before* wrapping in DDP or torch.compile (or pass the
+    wrapped one: it is unwrapped). The shadow lives on the student's device.
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        student = unwrap_model(student)
+        self._shadow = copy.deepcopy(student).eval().requires_grad_(False)
+        for tensor in (*self._shadow.parameters(), *self._shadow.buffers()):
+            if tensor.is_floating_point():  # fp32 at least: bf16 cannot hold 1 - rho ~ 1e-4 steps
+                tensor.data = tensor.data.to(torch.promote_types(tensor.dtype, torch.float32))
+        float_names, other_names = [], []
+        for name, tensor in _named_tensors(self._shadow).items():
+            (float_names if tensor.is_floating_point() else other_names).append(name)
+        self._float_names = tuple(float_names)
+        self._other_names = tuple(other_names)
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged model (plain ``nn.Module``; save or decode with it)."""
+        return self._shadow
+
+    @torch.no_grad()
+    def forward(self, *args, **kwargs):
+        """The teacher's forward pass, without autograd."""
+        return self._shadow(*args, **kwargs)
+
+    __call__ = forward
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, rho: float | Tensor) -> None:
+        """``teacher <- rho * teacher + (1 - rho) * student``; once per optimizer step.
+
+        ``rho`` may be a 0-dim tensor on the teacher's device: a rho that changes every step
+        (a progressive stage, a warm-up) then costs no host sync and no recompilation.
+        Non-float buffers (counters) are copied.
+        """
+        source = self._student_tensors(student)
+        shadow = _named_tensors(self._shadow)
+        targets = [shadow[name] for name in self._float_names]
+        values = [source[name].to(shadow[name].dtype) for name in self._float_names]
+        if targets and isinstance(rho, Tensor):
+            # _foreach_lerp_ takes its weight as a host Scalar and would read a device tensor
+            # back (a sync); the Tensor overloads of mul/add keep the whole update on device.
+            rho = rho.to(device=targets[0].device, dtype=torch.float32)
+            torch._foreach_mul_(targets, rho)
+            torch._foreach_add_(targets, torch._foreach_mul(values, 1 - rho))
+        elif targets:
+            torch._foreach_lerp_(targets, values, 1.0 - rho)
+        for name in self._other_names:
+            shadow[name].copy_(source[name])
+
+    @torch.no_grad()
+    def copy_from(self, student: nn.Module) -> None:
+        """Set the teacher to the student (the start of the pseudo-label phase)."""
+        source = self._student_tensors(student)
+        for name, tensor in _named_tensors(self._shadow).items():
+            tensor.copy_(source[name])
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The averaged weights, keyed like the plain student's ``state_dict``."""
+        return self._shadow.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Load averaged weights (wrapper prefixes are stripped); every key must match."""
+        state = strip_wrapper_prefixes(state)
+        expected = set(self._shadow.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"EMA teacher state_dict does not match the model: missing keys {missing[:5]}"
+                           f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+                           f"{' ...' if len(unexpected) > 5 else ''}")
+        try:
+            self._shadow.load_state_dict(state, strict=True)
+        except RuntimeError as err:  # shape mismatch: a checkpoint of another model size
+            detail = " ".join(str(err).split())
+            raise ValueError(f"EMA teacher state_dict does not fit the model: {detail}") from None
+
+    def _student_tensors(self, student: nn.Module) -> dict[str, Tensor]:
+        source = _named_tensors(unwrap_model(student))
+        names = (*self._float_names, *self._other_names)
+        if len(source) != len(names) or any(name not in source for name in names):
+            missing = sorted(set(names) - set(source))
+            extra = sorted(set(source) - set(names))
+            raise ValueError(f"student does not match the EMA teacher: missing {missing[:5]}, "
+                             f"unexpected {extra[:5]} (was the teacher built from this model?)")
+        return source
+
+
+def _named_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """Parameters and buffers by name (non-persistent buffers included: they are model state)."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}

@@ -1,0 +1,158 @@
+"""Transformer encoder: pre-LN or post-LN blocks, optional convolution module, LayerDrop.
+
+Attention goes through ``F.scaled_dot_product_attention`` with a boolean key-padding mask
+[B, 1, 1, T]. Only *keys* are masked: every query row, padded or not, attends to at least one
+real frame (lengths are >= 1), so no row is all -inf and no NaN appears. On a GPU a mask
+rules out the flash kernel (it takes none); PyTorch 2.11 on an H100 then picks the cuDNN
+kernel (bf16, head size 192 in the paper model), else the memory-efficient one, both with
+flash-like memory. At utterance lengths (a few hundred encoder frames) attention is a small
+share of a step, so the mask costs little; duration bucketing keeps the padded work small.
+Packing utterances into variable-length (cu_seqlens) flash calls would drop the mask, but
+needs private PyTorch APIs.
+
+Padding invariance: everything that mixes frames (attention, the depthwise convolution, the
+positional convolution) ignores padded frames, and the convolution module uses LayerNorm
+rather than BatchNorm, so in eval mode an utterance's output does not depend on its batch.
+
+LayerDrop (Fan et al. 2019) skips whole blocks in training. Under DDP every rank must skip
+the same blocks, or the ranks would reduce different gradient sets. The decision therefore
+comes from a private generator seeded with ``(seed, forward count since the seed was set)``:
+the trainer calls ``set_layerdrop_seed(step)`` once per optimizer step, and every rank, doing
+the same number of forwards, draws the same pattern. Skipped blocks get no gradient, so DDP
+needs ``find_unused_parameters=True`` when layerdrop > 0. Under ``torch.compile`` the
+Python-level skip causes one graph per pattern; compile the blocks, not the whole model, then.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asr.model.frontend import lengths_to_mask
+from asr.model.position import build_position
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
+        """x: [B, T, d]; attn_mask: bool [B, 1, 1, T], True on keys that take part."""
+        batch, frames, d_model = x.shape
+        q, k, v = self.qkv(x).view(batch, frames, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(batch, frames, d_model))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, ffn_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.down = nn.Linear(ffn_dim, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.dropout(F.gelu(self.up(x))))
+
+
+class ConvModule(nn.Module):
+    """Conformer convolution (Gulati et al. 2020): pointwise+GLU, depthwise, norm, SiLU, pointwise.
+
+    LayerNorm replaces the original BatchNorm: batch statistics would mix padded frames and
+    other utterances into each output and add buffers that DDP ranks must keep in sync.
+    """
+
+    def __init__(self, d_model: int, kernel: int) -> None:
+        super().__init__()
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=kernel // 2, groups=d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor, pad_mask: Tensor) -> Tensor:
+        x = F.glu(self.pointwise_in(x), dim=-1).masked_fill(~pad_mask[..., None], 0.0)
+        x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)
+        return self.pointwise_out(F.silu(self.norm(x)))
+
+
+class EncoderBlock(nn.Module):
+    """Self-attention, [convolution module], feed-forward; each a residual branch.
+
+    Pre-LN (``norm_first``): ``x + drop(f(LN(x)))``, stable in deep stacks without careful
+    warm-up. Post-LN: ``LN(x + drop(f(x)))``, the original transformer.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float,
+                 attention_dropout: float, norm_first: bool, conv_kernel: int | None) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = SelfAttention(d_model, num_heads, attention_dropout)
+        self.attn_norm = nn.LayerNorm(d_model)
+        self.conv = ConvModule(d_model, conv_kernel) if conv_kernel else None
+        self.conv_norm = nn.LayerNorm(d_model) if conv_kernel else None
+        self.ffn = FeedForward(d_model, ffn_dim, dropout)
+        self.ffn_norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def _residual(self, x: Tensor, norm: nn.Module, branch, *args) -> Tensor:
+        if self.norm_first:
+            return x + self.dropout(branch(norm(x), *args))
+        return norm(x + self.dropout(branch(x, *args)))
+
+    def forward(self, x: Tensor, pad_mask: Tensor, attn_mask: Tensor) -> Tensor:
+        x = self._residual(x, self.attn_norm, self.attn, attn_mask)
+        if self.conv is not None:
+            x = self._residual(x, self.conv_norm, self.conv, pad_mask)
+        return self._residual(x, self.ffn_norm, self.ffn)
+
+
+class Encoder(nn.Module):
+    """Positional embedding, a stack of blocks, and the final LayerNorm of a pre-LN stack."""
+
+    def __init__(self, d_model: int, num_layers: int, num_heads: int, ffn_dim: int,
+                 dropout: float, attention_dropout: float, layerdrop: float, norm_first: bool,
+                 position: str, pos_conv_kernel: int, pos_conv_groups: int,
+                 conv_kernel: int | None) -> None:
+        super().__init__()
+        self.position = build_position(position, d_model, pos_conv_kernel, pos_conv_groups)
+        # Post-LN blocks expect normalised input; pre-LN blocks normalise their own input and
+        # leave the residual stream unnormalised, hence the LayerNorm at the other end.
+        self.input_norm = nn.Identity() if norm_first else nn.LayerNorm(d_model)
+        self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        self.layers = nn.ModuleList(
+            EncoderBlock(d_model, num_heads, ffn_dim, dropout, attention_dropout, norm_first, conv_kernel)
+            for _ in range(num_layers))
+        self.layerdrop = layerdrop
+        self.set_layerdrop_seed(0)
+
+    def set_layerdrop_seed(self, seed: int) -> None:
+        """Seed the LayerDrop draws; the same seed on every rank gives the same skipped blocks."""
+        self._layerdrop_seed = int(seed)
+        self._layerdrop_forwards = 0
+
+    def _blocks_to_run(self) -> list[bool]:
+        if not (self.training and self.layerdrop > 0):
+            return [True] * len(self.layers)
+        # A str seed is hashed with SHA-512: the same on every process, whatever PYTHONHASHSEED.
+        rng = random.Random(f"layerdrop:{self._layerdrop_seed}:{self._layerdrop_forwards}")
+        self._layerdrop_forwards += 1
+        return [rng.random() >= self.layerdrop for _ in self.layers]
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """x: [B, T, d] front-end output; lengths: [B] real frames (>= 1). Returns [B, T, d]."""
+        pad_mask = lengths_to_mask(lengths, x.size(1))
+        attn_mask = pad_mask[:, None, None, :]
+        x = self.input_norm(self.position(x, pad_mask))
+        for layer, run in zip(self.layers, self._blocks_to_run(), strict=True):
+            if run:
+                x = layer(x, pad_mask, attn_mask)
+        return self.final_norm(x)

@@ -1,0 +1,98 @@
+"""Teacher output -> pseudo-label targets for the student's CTC loss, and which to keep.
+
+The teacher (the EMA model, in eval mode, under ``no_grad``, on un-augmented features) labels
+an unlabeled batch by its best path, as in momentum pseudo-labeling (Higuchi et al. 2021)
+and slimIPL (Likhomanenko et al. 2021). A label is dropped when
+
+- it has fewer than ``min_tokens`` tokens (``empty`` when it has none, else ``too_short``):
+  training on an empty label teaches the student that speech is silence;
+- CTC cannot align it within the student's output frames (``too_long``): CTC needs one frame
+  per token plus a blank between each pair of equal adjacent tokens, i.e.
+  ``len + repeats <= T``; such a label would have an infinite loss.
+
+Everything is computed on the device for the whole batch, with one host sync for the
+padded width and the counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from asr.decode import ctc_keep_frames
+from asr.wer import edit_counts_batch
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    targets: Tensor  # int64 [B, S]: collapsed teacher tokens, padded with the blank id
+    target_lengths: Tensor  # int64 [B]: tokens of each label (also for dropped ones)
+    keep: Tensor  # bool [B]: the label is usable as a CTC target for the student
+    num_kept: int
+    num_empty: int  # no token at all
+    num_too_short: int  # 1 <= tokens < min_tokens
+    num_too_long: int  # tokens + adjacent repeats > the student's output frames
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Per-reason counts for logging; they add up to the batch size."""
+        return {"kept": self.num_kept, "empty": self.num_empty,
+                "too_short": self.num_too_short, "too_long": self.num_too_long}
+
+    def token_lists(self) -> list[list[int]]:
+        """Every label's tokens on the host (one copy), e.g. to score them against truth."""
+        rows = torch.cat([self.target_lengths[:, None], self.targets], dim=1).tolist()
+        return [row[1:1 + row[0]] for row in rows]
+
+
+def make_pseudo_labels(teacher_log_probs: Tensor, teacher_lengths: Tensor,
+                       student_out_lengths: Tensor, *, blank_id: int,
+                       min_tokens: int) -> PseudoLabels:
+    """Best-path labels of a teacher batch, and the keep/drop decision of each.
+
+    teacher_log_probs: [B, T, V]; teacher_lengths, student_out_lengths: [B] frames. The
+    targets are padded ``[B, S]`` (what ``F.ctc_loss`` takes, with ``target_lengths``);
+    select the kept rows with ``keep``, or weight a ``reduction="none"`` loss by it.
+    """
+    if min_tokens < 1:
+        raise ValueError(f"pl.min_tokens: got {min_tokens}, expected an integer >= 1")
+    frame_ids = teacher_log_probs.argmax(dim=-1)
+    keep_frame = ctc_keep_frames(frame_ids, teacher_lengths, blank_id)
+    lengths = keep_frame.sum(dim=1)
+
+    # Scatter kept frames to their position in the label; the others go to a spare column.
+    batch, frames = frame_ids.shape
+    position = torch.where(keep_frame, keep_frame.cumsum(dim=1) - 1, frames)
+    padded = torch.full((batch, frames + 1), blank_id, dtype=torch.long, device=frame_ids.device)
+    padded.scatter_(1, position, frame_ids.long())
+
+    in_label = torch.arange(1, frames + 1, device=frame_ids.device) < lengths[:, None]
+    repeats = ((padded[:, 1:] == padded[:, :-1]) & in_label).sum(dim=1)
+    empty = lengths == 0
+    too_short = ~empty & (lengths < min_tokens)
+    too_long = ~empty & ~too_short & (lengths + repeats > student_out_lengths)
+    keep = ~(empty | too_short | too_long)
+
+    width, *counts = torch.stack([lengths.max(), keep.sum(), empty.sum(), too_short.sum(),
+                                  too_long.sum()]).tolist()
+    return PseudoLabels(
+        targets=padded[:, : max(width, 1)], target_lengths=lengths, keep=keep,
+        num_kept=counts[0], num_empty=counts[1], num_too_short=counts[2], num_too_long=counts[3],
+    )
+
+
+def pseudo_label_wer(hyp_texts: Sequence[str], truth_texts: Sequence[str]) -> tuple[int, int]:
+    """(word errors, reference words) of pseudo-labels against held-out transcripts.
+
+    Counts, not a rate, so the trainer can sum them over batches and ranks before dividing.
+    """
+    if len(hyp_texts) != len(truth_texts):
+        raise ValueError(f"pseudo_label_wer: {len(hyp_texts)} hypotheses but {len(truth_texts)} truths")
+    if not hyp_texts:
+        return 0, 0
+    counts = edit_counts_batch([t.split() for t in truth_texts], [h.split() for h in hyp_texts])
+    words, subs, dels, ins = counts.sum(axis=0).tolist()
+    return subs + dels + ins, words

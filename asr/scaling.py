@@ -1,0 +1,630 @@
+"""Scaling rules: keep the training dynamics fixed in *data seen* when the batch size changes.
+
+All hyper-parameters in the config hold at the reference batch (kappa = 1). A run whose global
+batch is kappa times the reference gets effective values from one call, :func:`derive`, and
+prints them with :func:`scaling_report`. The module is pure math: floats in, floats out, no
+torch, no state.
+
+kappa is the global data per optimizer step over the reference, where the global step counts
+every rank and every gradient-accumulation micro-batch::
+
+    kappa = per_rank_batch * world_size * accum_steps / reference_batch
+
+Rules (Busbridge et al. 2023, "How to Scale Your EMA", arXiv 2307.13813; Malladi et al. 2022,
+"On the SDEs and Scaling Rules for Adaptive Gradient Algorithms", arXiv 2205.10287). One step
+at kappa must do what kappa steps at the reference do, to first order in the learning rate:
+
+- EMA (``power``): rho -> rho^kappa. kappa updates at rho towards a fixed target equal one
+  update at rho^kappa exactly; along a training run they agree up to O(kappa * lr) terms
+  (Busbridge et al., Eq. 4 and Def. 1.2).
+- SGD: lr -> kappa * lr (the drift of kappa steps in one; the noise variance of a step falls by
+  1/kappa, so the diffusion per unit of data is unchanged). Heavy-ball momentum is an EMA of
+  gradients, so it keeps its timescale in data: mu -> mu^kappa. torch's buffer is a *sum*
+  (v <- mu*v + g, step lr*v), whose steady-state step is lr/(1 - mu); keeping that step linear
+  in kappa gives lr -> kappa * lr * (1 - mu^kappa) / (1 - mu), which is kappa * lr when mu = 0.
+  L2 weight decay is part of the gradient and scales with the learning rate by itself.
+- Adam/AdamW (SDE rule, Malladi et al. Def. 2.5): lr -> sqrt(kappa) * lr,
+  beta_i -> 1 - kappa * (1 - beta_i), eps -> eps / sqrt(kappa). Derivation in the noise-dominated
+  regime the SDE describes: the second moment v ~ sigma^2 / B falls by kappa, so the normalised
+  step m / sqrt(v) grows by sqrt(kappa) and the drift per step by kappa; the betas keep their
+  averaging windows fixed in data; eps keeps its size relative to sqrt(v). AdamW's decoupled
+  decay shrinks weights by (1 - lr * wd) per step; keeping the shrink per unit of data gives
+  (1 - lr' * wd') = (1 - lr * wd)^kappa, used exactly here; to first order lr' * wd' =
+  kappa * lr * wd, i.e. wd' = sqrt(kappa) * wd under the sqrt lr rule. The exact form can never
+  leave (0, 1), and under an lr schedule (factor s) it differs from the first-order form only at
+  O(s * (kappa * lr * wd)^2).
+- Adagrad: lr unchanged, eps -> eps / kappa. Its accumulator is a *sum* of squared gradients,
+  not an average. Where noise dominates, after D samples it holds (D / B) * sigma^2 / B, which
+  at batch kappa * B is kappa^2 times smaller: sqrt(sum) falls by kappa, so the same lr already
+  makes a step kappa times larger, the drift of kappa reference steps. The diffusion matches too:
+  lr^2 * (sigma^2 / (kappa * B)) * kappa^2 / sum is kappa times one reference step's, once per
+  kappa reference steps. eps keeps its size relative to sqrt(sum). Treating it like SGD
+  (kappa * lr) runs kappa times too fast, Adam's sqrt(kappa) * lr sqrt(kappa) times. Limits:
+  where the gradient dominates the noise the sum falls only by kappa and sqrt(kappa) * lr would
+  be right; and the first steps differ (the sum holds one sample), a transient whose share of
+  the noise fades only like log(kappa) / log(steps).
+- ``none``: nothing is scaled, to show how the dynamics drift.
+
+Schedules are in hours of audio. Each optimizer step stands for kappa * reference_seconds of
+audio, so a point at H hours is reached after ceil(H * 3600 / (kappa * reference_seconds))
+steps: rounding up means a phase never starts before its amount of data, and any positive
+duration lasts at least one step. With progressive stages the conversion is piecewise
+(:class:`DataClock`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
+OPTIMIZER_RULES = ("auto", "sgd", "adam", "adagrad", "none")
+EMA_RULES = ("power", "none")
+ON_INVALID = ("warn", "error")
+
+_AUTO_RULE = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "adagrad": "adagrad"}
+# The param_group keys of each torch.optim class that the rules can change.
+_PARAM_GROUP_KEYS = {
+    "sgd": ("lr", "momentum", "weight_decay"),
+    "adam": ("lr", "betas", "eps", "weight_decay"),
+    "adamw": ("lr", "betas", "eps", "weight_decay"),
+    "adagrad": ("lr", "eps", "weight_decay"),
+}
+_LARGEST_BELOW_ONE = math.nextafter(1.0, 0.0)
+
+
+class ScalingWarning(UserWarning):
+    """A scaled hyper-parameter left its valid range and was clamped."""
+
+
+# ---------------------------------------------------------------------------------------------
+# kappa
+
+
+def global_batch(per_rank_batch: float, world_size: int, accum_steps: int) -> float:
+    """Data per optimizer step over all ranks and micro-batches (same unit as ``per_rank_batch``)."""
+    _require(per_rank_batch > 0 and math.isfinite(per_rank_batch), "per-rank batch", per_rank_batch,
+             "a positive, finite amount of data")
+    _require(isinstance(world_size, int) and world_size >= 1, "world_size", world_size, "an integer >= 1")
+    _require(isinstance(accum_steps, int) and accum_steps >= 1, "accum_steps", accum_steps, "an integer >= 1")
+    return per_rank_batch * world_size * accum_steps
+
+
+def compute_kappa(per_rank_batch: float, world_size: int, accum_steps: int,
+                  reference_batch: float) -> float:
+    """kappa = global batch / reference batch; both in seconds of audio or both in utterances."""
+    _require(reference_batch > 0 and math.isfinite(reference_batch), "reference batch", reference_batch,
+             "a positive, finite amount of data per optimizer step")
+    return global_batch(per_rank_batch, world_size, accum_steps) / reference_batch
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules, on plain floats
+
+
+@dataclass(frozen=True)
+class OptimizerParams:
+    """The hyper-parameters the rules act on, named as in ``torch.optim`` param_groups."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+
+
+def resolve_rule(optimizer: str, rule: str = "auto") -> str:
+    """The rule ``auto`` stands for: each optimizer's own (AdamW uses Adam's)."""
+    _require(optimizer in OPTIMIZERS, "optimizer", optimizer, f"one of {', '.join(OPTIMIZERS)}")
+    _require(rule in OPTIMIZER_RULES, "optimizer rule", rule, f"one of {', '.join(OPTIMIZER_RULES)}")
+    return _AUTO_RULE[optimizer] if rule == "auto" else rule
+
+
+def scale_optimizer(base: OptimizerParams, kappa: float, optimizer: str, rule: str = "auto",
+                    on_invalid: str = "warn") -> OptimizerParams:
+    """Effective optimizer hyper-parameters at ``kappa`` (see the module docstring for each rule).
+
+    A value pushed out of its valid range (an Adam beta with kappa * (1 - beta) >= 1) is clamped
+    with a :class:`ScalingWarning`, or refused with ``ValueError`` when ``on_invalid="error"``.
+    """
+    _check_kappa(kappa)
+    _require(on_invalid in ON_INVALID, "on_invalid", on_invalid, "warn or error")
+    _require(base.lr > 0 and math.isfinite(base.lr), "optim.lr", base.lr,
+             "a positive, finite learning rate")
+    _require(base.eps > 0, "optim.eps", base.eps, "a positive epsilon")
+    _require(0 <= base.momentum < 1, "optim.momentum", base.momentum, "a momentum in [0, 1)")
+    _require(base.weight_decay >= 0, "optim.weight_decay", base.weight_decay, "a value >= 0")
+    for i, beta in enumerate(base.betas):
+        _require(0 <= beta < 1, f"optim.betas[{i}]", beta, "a value in [0, 1)")
+    if optimizer == "adamw":
+        _require(base.lr * base.weight_decay < 1, "optim.weight_decay", base.weight_decay,
+                 f"lr * weight_decay < 1 (lr={base.lr}): AdamW shrinks weights by (1 - lr * wd) a step")
+
+    rule = resolve_rule(optimizer, rule)
+    if rule == "none":
+        return base
+    lr, betas, eps, momentum = base.lr, base.betas, base.eps, base.momentum
+    if rule == "sgd":
+        momentum = base.momentum**kappa
+        lr = kappa * base.lr * (1 - momentum) / (1 - base.momentum)
+    elif rule == "adam":
+        lr = math.sqrt(kappa) * base.lr
+        betas = (_scale_beta(base.betas[0], kappa, "optim.betas[0]", on_invalid),
+                 _scale_beta(base.betas[1], kappa, "optim.betas[1]", on_invalid))
+        eps = base.eps / math.sqrt(kappa)
+    elif rule == "adagrad":
+        eps = base.eps / kappa
+    if eps < sys.float_info.min:
+        eps = _invalid("optim.eps", base.eps, kappa, eps, sys.float_info.min, on_invalid,
+                       "eps underflowed; it must stay > 0")
+    weight_decay = base.weight_decay
+    if optimizer == "adamw" and base.weight_decay > 0:
+        # Same shrink per unit of data: (1 - lr' * wd') = (1 - lr * wd)^kappa.
+        weight_decay = -math.expm1(kappa * math.log1p(-base.lr * base.weight_decay)) / lr
+    return OptimizerParams(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum)
+
+
+def scale_ema(rho: float, kappa: float, rule: str = "power", on_invalid: str = "warn") -> float:
+    """EMA momentum at ``kappa``: rho^kappa (``power``) or rho unchanged (``none``).
+
+    rho^kappa must stay in (0, 1): a huge kappa underflows it to 0 (the teacher would be a plain
+    copy of the student), a tiny one rounds it to 1 (the teacher would never move).
+    """
+    _check_kappa(kappa)
+    _require(0 < rho < 1, "ema.rho", rho, "a momentum in (0, 1)")
+    _require(rule in EMA_RULES, "ema rule", rule, f"one of {', '.join(EMA_RULES)}")
+    _require(on_invalid in ON_INVALID, "on_invalid", on_invalid, "warn or error")
+    if rule == "none":
+        return rho
+    scaled = math.exp(kappa * math.log(rho))
+    if scaled < sys.float_info.min:
+        return _invalid("ema.rho", rho, kappa, scaled, 0.0, on_invalid,
+                        f"rho^kappa underflows below {sys.float_info.min:.3g}; needs kappa < "
+                        f"{math.log(sys.float_info.min) / math.log(rho):.4g}")
+    if scaled >= 1.0:
+        return _invalid("ema.rho", rho, kappa, scaled, _LARGEST_BELOW_ONE, on_invalid,
+                        "rho^kappa rounds to 1 and the teacher would never move")
+    return scaled
+
+
+def _scale_beta(beta: float, kappa: float, name: str, on_invalid: str) -> float:
+    scaled = 1.0 - kappa * (1.0 - beta)
+    if scaled < 0:
+        return _invalid(name, beta, kappa, scaled, 0.0, on_invalid,
+                        "1 - kappa * (1 - beta) must be >= 0, i.e. kappa <= 1 / (1 - beta) = "
+                        f"{1 / (1 - beta):.4g}")
+    if scaled >= 1.0:
+        return _invalid(name, beta, kappa, scaled, _LARGEST_BELOW_ONE, on_invalid,
+                        "1 - kappa * (1 - beta) rounds to 1")
+    return scaled
+
+
+def _invalid(name: str, base: float, kappa: float, scaled: float, clamped: float, on_invalid: str,
+             limit: str) -> float:
+    message = f"{name}={base:g} scaled at kappa={kappa:g} gives {scaled:.6g}: {limit}"
+    if on_invalid == "error":
+        raise ValueError(f"{message} (scaling.on_invalid=error)")
+    warnings.warn(f"{message}; clamped to {clamped:.6g}", ScalingWarning, stacklevel=3)
+    return clamped
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules: hours of audio <-> optimizer steps
+
+
+def steps_for_hours(hours: float, seconds_per_step: float) -> int:
+    """Optimizer steps after which ``hours`` of audio have been seen (rounded up)."""
+    _require(hours >= 0 and math.isfinite(hours), "hours", hours, "finite hours >= 0")
+    _require(seconds_per_step > 0, "seconds per step", seconds_per_step, "positive seconds")
+    return _ceil(hours * 3600.0 / seconds_per_step)
+
+
+def hours_for_steps(steps: int, seconds_per_step: float) -> float:
+    """Hours of audio seen after ``steps`` optimizer steps."""
+    _require(steps >= 0, "steps", steps, "an integer >= 0")
+    return steps * seconds_per_step / 3600.0
+
+
+def _ceil(x: float) -> int:
+    """ceil that forgives float noise: 0.1 h at 36 s a step is 10.000000000000002, i.e. 10 steps."""
+    nearest = round(x)
+    return int(nearest) if abs(x - nearest) <= 1e-9 * max(1.0, abs(x)) else math.ceil(x)
+
+
+@dataclass(frozen=True)
+class DataClock:
+    """Hours of audio seen <-> optimizer steps over a batch schedule of stages.
+
+    Stage ``k`` begins once ``stage_hours[k]`` hours have been seen, at the first step boundary
+    at or after that mark, and each of its steps stands for ``seconds_per_step[k]`` seconds of
+    audio. One stage is the plain constant-batch conversion.
+    """
+
+    stage_hours: tuple[float, ...]
+    """Nominal start of each stage in hours; the first is 0."""
+    seconds_per_step: tuple[float, ...]
+    """Audio seconds one optimizer step stands for in each stage (kappa * reference_seconds)."""
+
+    def __post_init__(self) -> None:
+        hours, seconds = self.stage_hours, self.seconds_per_step
+        _require(len(hours) == len(seconds) >= 1, "stages", (hours, seconds),
+                 "as many stage hours as seconds per step, at least one")
+        _require(hours[0] == 0 and all(a < b for a, b in itertools.pairwise(hours)), "stage hours", hours,
+                 "strictly increasing hours starting at 0")
+        _require(all(s > 0 for s in seconds), "seconds per step", seconds, "positive seconds")
+
+    @classmethod
+    def constant(cls, seconds_per_step: float) -> DataClock:
+        return cls((0.0,), (seconds_per_step,))
+
+    def _starts(self) -> list[tuple[float, int]]:
+        """(hours, step) at which each stage actually begins."""
+        starts = [(0.0, 0)]
+        for k in range(1, len(self.stage_hours)):
+            hours, step = starts[-1]
+            n = steps_for_hours(max(self.stage_hours[k] - hours, 0.0), self.seconds_per_step[k - 1])
+            starts.append((hours + hours_for_steps(n, self.seconds_per_step[k - 1]), step + n))
+        return starts
+
+    def stage_at_hours(self, hours: float) -> int:
+        """Index of the stage active once ``hours`` of audio have been seen.
+
+        A sum of per-step hours carries float noise; :meth:`stage_at_step` is exact.
+        """
+        _require(hours >= 0 and math.isfinite(hours), "hours", hours, "finite hours >= 0")
+        return _stage_index([start for start, _ in self._starts()], hours)
+
+    def stage_at_step(self, step: int) -> int:
+        """Index of the stage that optimizer step ``step`` (0-based) runs in."""
+        _require(step >= 0, "step", step, "an integer >= 0")
+        return max(k for k, (_, start) in enumerate(self._starts()) if start <= step)
+
+    def steps_at(self, hours: float) -> int:
+        """Optimizer steps after which ``hours`` of audio have been seen (rounded up)."""
+        _require(hours >= 0 and math.isfinite(hours), "hours", hours, "finite hours >= 0")
+        starts = self._starts()
+        k = _stage_index([start for start, _ in starts], hours)
+        start_hours, start_step = starts[k]
+        return start_step + steps_for_hours(max(hours - start_hours, 0.0), self.seconds_per_step[k])
+
+    def hours_at(self, steps: int) -> float:
+        """Hours of audio seen after ``steps`` optimizer steps."""
+        _require(steps >= 0, "steps", steps, "an integer >= 0")
+        starts = self._starts()
+        k = self.stage_at_step(steps)
+        start_hours, start_step = starts[k]
+        return start_hours + hours_for_steps(steps - start_step, self.seconds_per_step[k])
+
+
+def _stage_index(start_hours: Sequence[float], hours: float) -> int:
+    """Last stage begun by ``hours``, forgiving float noise of one part in 1e9."""
+    return max(k for k, start in enumerate(start_hours) if start <= hours + 1e-9 * max(1.0, start))
+
+
+# ---------------------------------------------------------------------------------------------
+# From a config
+
+
+@dataclass(frozen=True)
+class ScheduleSteps:
+    """Every schedule point of the config as a global optimizer-step index."""
+
+    warmup: int
+    """Steps of linear lr warm-up."""
+    decay_start: int
+    """Step at which the lr decay begins (not before the end of warm-up)."""
+    decay_boundaries: tuple[int, ...]
+    """``step`` decay: steps at which the lr is multiplied by ``schedule.step_factor``."""
+    total: int
+    """Length of training."""
+    pl_start: int
+    """First step of the pseudo-label phase."""
+    specaug_start: int
+    """Step from which SpecAugment is on."""
+    eval_every: int
+    """Dev evaluation cadence at this kappa (0: disabled); with progressive stages it changes."""
+    checkpoint_every: int
+    """Checkpoint cadence at this kappa; with progressive stages it changes."""
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Everything a run derives from (config, world size, accumulation): the one source of truth.
+
+    Hyper-parameters are the effective ones at ``kappa``; the base ones stay in the config.
+    """
+
+    kappa: float
+    unit: str
+    """What kappa counts: ``seconds`` of padded audio or ``utterances``."""
+    reference_batch: float
+    """Global data per optimizer step at kappa = 1, in ``unit``."""
+    global_batch: float
+    """Global data per optimizer step of this run, in ``unit``."""
+    global_batch_seconds: float
+    """Padded-audio cap of one optimizer step: per-rank max_batch_seconds x world x accum."""
+    seconds_per_step: float
+    """Audio one optimizer step stands for in the schedules: kappa * reference_seconds."""
+    world_size: int
+    accum_steps: int
+    optimizer: str
+    optimizer_rule: str
+    """The rule applied, ``auto`` resolved."""
+    ema_rule: str
+    lr: float
+    """Peak learning rate."""
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    momentum: float
+    rho: float
+    """EMA teacher momentum per optimizer step."""
+    steps: ScheduleSteps
+    clock: DataClock
+    """The run's hours <-> steps conversion (piecewise with progressive stages)."""
+
+    @property
+    def optimizer_params(self) -> OptimizerParams:
+        return OptimizerParams(self.lr, self.betas, self.eps, self.weight_decay, self.momentum)
+
+    def param_group(self) -> dict[str, Any]:
+        """The ``torch.optim`` param_group entries of this optimizer (``lr`` is the peak)."""
+        values = asdict(self.optimizer_params)
+        return {key: values[key] for key in _PARAM_GROUP_KEYS[self.optimizer]}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types, for checkpoints and logs."""
+        return asdict(self)
+
+
+def derive(cfg: Any, world_size: int, accum_steps: int | None = None, *,
+           per_rank_utterances: float | None = None) -> Derived:
+    """Effective hyper-parameters and schedule steps for a run on ``world_size`` ranks.
+
+    ``accum_steps`` defaults to the first progressive stage's, else ``train.accum_steps``.
+    ``per_rank_utterances`` (mean utterances of one micro-batch, measured from the loader) is
+    needed only with ``scaling.unit=utterances``: batches are capped in seconds, so their
+    utterance count is not a config value.
+    """
+    sc = cfg.scaling
+    if accum_steps is None:
+        first = sc.progressive[0].accum_steps if sc.progressive else cfg.train.accum_steps
+        accum_steps = int(first)
+    kappa = _kappa_for(cfg, world_size, accum_steps, per_rank_utterances)
+    optimizer = str(cfg.optim.name)
+    rule = resolve_rule(optimizer, str(sc.optimizer_rule))
+    base = OptimizerParams(lr=float(cfg.optim.lr), betas=_pair(cfg.optim.betas),
+                           eps=float(cfg.optim.eps), weight_decay=float(cfg.optim.weight_decay),
+                           momentum=float(cfg.optim.momentum))
+    eff = scale_optimizer(base, kappa, optimizer, rule, on_invalid=str(sc.on_invalid))
+    rho = scale_ema(float(cfg.ema.rho), kappa, str(sc.ema_rule), on_invalid=str(sc.on_invalid))
+
+    clock = run_clock(cfg, world_size, accum_steps, per_rank_utterances=per_rank_utterances)
+    seconds_per_step = kappa * float(sc.reference_seconds)
+    sched = cfg.schedule
+    steps = ScheduleSteps(
+        warmup=clock.steps_at(sched.warmup_hours),
+        decay_start=clock.steps_at(max(sched.decay_start_hours, sched.warmup_hours)),
+        decay_boundaries=tuple(clock.steps_at(h) for h in sched.step_boundaries_hours),
+        total=clock.steps_at(sched.total_hours),
+        pl_start=clock.steps_at(cfg.pl.start_hours),
+        specaug_start=clock.steps_at(cfg.specaug.start_hours),
+        eval_every=steps_for_hours(cfg.train.eval_every_hours, seconds_per_step),
+        checkpoint_every=steps_for_hours(cfg.train.checkpoint_every_hours, seconds_per_step),
+    )
+    unit = str(sc.unit)
+    reference = float(sc.reference_seconds if unit == "seconds" else sc.reference_utterances)
+    return Derived(
+        kappa=kappa, unit=unit, reference_batch=reference, global_batch=kappa * reference,
+        global_batch_seconds=global_batch(float(cfg.data.max_batch_seconds), world_size, accum_steps),
+        seconds_per_step=seconds_per_step, world_size=world_size, accum_steps=accum_steps,
+        optimizer=optimizer, optimizer_rule=rule, ema_rule=str(sc.ema_rule),
+        lr=eff.lr, betas=eff.betas, eps=eff.eps, weight_decay=eff.weight_decay,
+        momentum=eff.momentum, rho=rho, steps=steps, clock=clock,
+    )
+
+
+def derive_at_hours(cfg: Any, world_size: int, hours_seen: float, *,
+                    per_rank_utterances: float | None = None) -> Derived:
+    """:func:`derive` for the progressive stage active after ``hours_seen`` hours of audio."""
+    stages = cfg.scaling.progressive
+    if not stages:
+        return derive(cfg, world_size, per_rank_utterances=per_rank_utterances)
+    clock = run_clock(cfg, world_size, per_rank_utterances=per_rank_utterances)
+    stage = stages[clock.stage_at_hours(hours_seen)]
+    return derive(cfg, world_size, int(stage.accum_steps), per_rank_utterances=per_rank_utterances)
+
+
+def run_clock(cfg: Any, world_size: int, accum_steps: int | None = None, *,
+              per_rank_utterances: float | None = None) -> DataClock:
+    """The run's hours <-> steps conversion: one stage per ``scaling.progressive`` entry, else one
+    stage at ``accum_steps`` (default ``train.accum_steps``)."""
+    reference_seconds = float(cfg.scaling.reference_seconds)
+    stages = cfg.scaling.progressive
+    if not stages:
+        accum_steps = int(cfg.train.accum_steps) if accum_steps is None else accum_steps
+        kappa = _kappa_for(cfg, world_size, accum_steps, per_rank_utterances)
+        return DataClock.constant(kappa * reference_seconds)
+    return DataClock(
+        tuple(float(s.hours) for s in stages),
+        tuple(_kappa_for(cfg, world_size, int(s.accum_steps), per_rank_utterances) * reference_seconds
+              for s in stages),
+    )
+
+
+def _kappa_for(cfg: Any, world_size: int, accum_steps: int, per_rank_utterances: float | None) -> float:
+    if cfg.scaling.unit == "seconds":
+        return compute_kappa(float(cfg.data.max_batch_seconds), world_size, accum_steps,
+                             float(cfg.scaling.reference_seconds))
+    if per_rank_utterances is None:
+        raise ValueError("scaling.unit=utterances: kappa needs per_rank_utterances, the mean "
+                         "utterances of one micro-batch on one rank (measure it from the loader)")
+    return compute_kappa(per_rank_utterances, world_size, accum_steps,
+                         float(cfg.scaling.reference_utterances))
+
+
+def _pair(values: Sequence[float]) -> tuple[float, float]:
+    first, second = (float(v) for v in values)
+    return first, second
+
+
+# ---------------------------------------------------------------------------------------------
+# Progressive stage changes: what the trainer updates in place
+
+
+def param_group_changes(before: Derived, after: Derived) -> dict[str, Any]:
+    """The param_group entries that differ between two stages.
+
+    ``lr`` is the new *peak*: the lr schedule's factor still applies on top (a ``LambdaLR``
+    keeps the peak in its ``base_lrs``, which must change with it).
+    """
+    old, new = before.param_group(), after.param_group()
+    return {key: value for key, value in new.items() if value != old[key]}
+
+
+def optimizer_state_scales(before: Derived, after: Derived) -> dict[str, float]:
+    """Factors for per-parameter optimizer state when kappa changes mid-run.
+
+    The rules assume state accumulated at the current batch size. At a stage change the state
+    carried over is rescaled to what a run at the new kappa would hold (noise-dominated regime):
+    Adam's second moment ~ sigma^2 / B scales by kappa_before / kappa_after; Adagrad's sum of
+    squares by (kappa_before / kappa_after)^2; SGD's momentum buffer, a sum with steady state
+    g / (1 - mu), by (1 - mu_before) / (1 - mu_after). Adam's first moment is an average of
+    gradients and needs no change.
+    """
+    if before.optimizer_rule != after.optimizer_rule:
+        raise ValueError("the optimizer rule must not change between stages: "
+                         f"{before.optimizer_rule} -> {after.optimizer_rule}")
+    ratio = before.kappa / after.kappa
+    if after.optimizer_rule == "adam":
+        return {"exp_avg_sq": ratio}
+    if after.optimizer_rule == "adagrad":
+        return {"sum": ratio**2}
+    if after.optimizer_rule == "sgd" and after.momentum > 0:
+        return {"momentum_buffer": (1 - before.momentum) / (1 - after.momentum)}
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def scaling_report(derived: Derived, cfg: Any) -> str:
+    """The table printed at train start: reference vs actual batch, kappa, base vs effective."""
+    d, sched = derived, cfg.schedule
+    unit = " s" if d.unit == "seconds" else " utterances"
+    lines = [
+        f"scaling: {d.world_size} rank(s) x {d.accum_steps} micro-batch(es) x "
+        f"{cfg.data.max_batch_seconds:g} s = {d.global_batch_seconds:g} s of padded audio per step",
+        f"reference {d.reference_batch:g}{unit} per step, actual {d.global_batch:g}{unit}: "
+        f"kappa = {d.kappa:.4g}; optimizer {d.optimizer}, rule {d.optimizer_rule}; EMA rule {d.ema_rule}",
+    ]
+    rows = [("lr (peak)", cfg.optim.lr, d.lr)]
+    if d.optimizer in ("adam", "adamw"):
+        rows.append(("betas", tuple(cfg.optim.betas), d.betas))
+    if d.optimizer == "sgd":
+        rows.append(("momentum", cfg.optim.momentum, d.momentum))
+    else:
+        rows.append(("eps", cfg.optim.eps, d.eps))
+    rows += [("weight_decay", cfg.optim.weight_decay, d.weight_decay), ("ema rho", cfg.ema.rho, d.rho)]
+    lines += _table(("hyper-parameter", "base (kappa=1)", "effective"),
+                    [(name, _fmt(base), _fmt(eff)) for name, base, eff in rows])
+
+    steps = d.steps
+    points = [("warm-up end", sched.warmup_hours, steps.warmup),
+              ("decay start", max(sched.decay_start_hours, sched.warmup_hours), steps.decay_start)]
+    boundaries = zip(sched.step_boundaries_hours, steps.decay_boundaries, strict=True)
+    points += [(f"lr step {i + 1}", hours, n) for i, (hours, n) in enumerate(boundaries)]
+    points += [("pseudo-label start", cfg.pl.start_hours, steps.pl_start),
+               ("SpecAugment start", cfg.specaug.start_hours, steps.specaug_start),
+               ("total", sched.total_hours, steps.total),
+               ("eval every", cfg.train.eval_every_hours, steps.eval_every),
+               ("checkpoint every", cfg.train.checkpoint_every_hours, steps.checkpoint_every)]
+    lines += _table(("schedule", "hours", "steps"), [(name, f"{h:g}", str(n)) for name, h, n in points])
+
+    clock = d.clock
+    if len(clock.stage_hours) > 1:
+        reference_seconds = float(cfg.scaling.reference_seconds)
+        stages = zip(clock.stage_hours, clock.seconds_per_step, strict=True)
+        lines += _table(("stage", "from hours", "from step", "kappa"),
+                        [(str(k), f"{h:g}", str(clock.steps_at(h)), f"{sec / reference_seconds:.4g}")
+                         for k, (h, sec) in enumerate(stages)])
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_fmt(v) for v in value)
+    return f"{float(value):.6g}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+    return ["", line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+
+
+def calculate(*, reference_seconds: float, batch_seconds: float, world_size: int = 1,
+              accum_steps: int = 1, optimizer: str, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+              eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0, rho: float,
+              rule: str = "auto", ema_rule: str = "power", hours: Sequence[float] = (),
+              on_invalid: str = "warn") -> dict[str, Any]:
+    """The ``asr scale`` calculator on plain floats: kappa, effective values, steps per hours mark."""
+    base = OptimizerParams(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    kappa = compute_kappa(batch_seconds, world_size, accum_steps, reference_seconds)
+    eff = scale_optimizer(base, kappa, optimizer, rule, on_invalid)
+    seconds_per_step = kappa * reference_seconds
+    return {
+        "kappa": kappa,
+        "reference_seconds": reference_seconds,
+        "global_batch_seconds": global_batch(batch_seconds, world_size, accum_steps),
+        "optimizer": optimizer,
+        "rule": resolve_rule(optimizer, rule),
+        "ema_rule": ema_rule,
+        "lr": eff.lr,
+        "betas": list(eff.betas),
+        "eps": eff.eps,
+        "weight_decay": eff.weight_decay,
+        "momentum": eff.momentum,
+        "rho": scale_ema(rho, kappa, ema_rule, on_invalid),
+        "hours": list(hours),
+        "steps": [steps_for_hours(h, seconds_per_step) for h in hours],
+        "base": {**asdict(base), "betas": list(base.betas), "rho": rho},
+    }
+
+
+def format_calculation(result: dict[str, Any], as_json: bool = False) -> str:
+    """``asr scale`` output: one JSON object, or the tables."""
+    if as_json:
+        return json.dumps(result)
+    r, base = result, result["base"]
+    lines = [f"global batch {r['global_batch_seconds']:g} s per step, reference "
+             f"{r['reference_seconds']:g} s: kappa = {r['kappa']:.4g} (optimizer {r['optimizer']}, "
+             f"rule {r['rule']}, EMA rule {r['ema_rule']})"]
+    names = ("lr", "betas", "eps", "weight_decay", "momentum", "rho")
+    lines += _table(("hyper-parameter", "base (kappa=1)", "effective"),
+                    [(n, _fmt(base[n]), _fmt(r[n])) for n in names])
+    if r["hours"]:
+        marks = zip(r["hours"], r["steps"], strict=True)
+        lines += _table(("hours", "steps"), [(f"{h:g}", str(n)) for h, n in marks])
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_kappa(kappa: float) -> None:
+    _require(kappa > 0 and math.isfinite(kappa), "kappa", kappa, "a positive, finite batch ratio")
+
+
+def _require(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: got {value!r}, expected {expected}")
+

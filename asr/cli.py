@@ -34,7 +34,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="corpus root; writes <out>/LibriSpeech/<split>/...")
     p.add_argument("--size", default="tiny", help="preset: tiny (tests), demo (CPU recipe), gpu (tens of hours)")
     p.add_argument("--hours-scale", type=float, default=1.0, help="multiply every split's size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="same seed, byte-identical corpus")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing corpus")
 

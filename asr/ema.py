@@ -42,20 +42,27 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def strip_wrapper_prefixes(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """State-dict keys without the ``module.`` / ``_orig_mod.`` prefixes that wrappers add."""
-    out = {}
-    for key, value in state.items():
-        while key.startswith(_WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key] = value
+    """State-dict keys without the ``module.`` / ``_orig_mod.`` prefixes that wrappers add.
+
+    A prefix is stripped only when every key has it, so a submodule that happens to be called
+    ``module`` keeps its name.
+    """
+    out = dict(state)
+    stripped = True
+    while out and stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(key.startswith(prefix) for key in out):
+                out = {key[len(prefix):]: value for key, value in out.items()}
+                stripped = True
     return out
 
 
 class EMATeacher:
     """fp32 EMA of a student, updated once per optimizer step; call it like the student.
 
-    Create it from the unwrapped student *before* wrapping in DDP or torch.compile (or pass the
-    wrapped one: it is unwrapped). The shadow lives on the student's device.
+    Create it once the student is on its device (the shadow stays there) and initialised or
+    resumed; a DDP or torch.compile wrapper around the student is looked through.
     """
 
     def __init__(self, student: nn.Module) -> None:

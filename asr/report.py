@@ -98,10 +98,6 @@ def display_width(token: str) -> int:
                else 1 for ch in token)
 
 
-def _pad(token: str, width: int) -> str:
-    return token + " " * (width - display_width(token))
-
-
 def alignment_rows(ops: Sequence[tuple[str, str | None, str | None]]) -> tuple[str, str, str]:
     """sclite-like ``REF:``, ``HYP:`` and ``EVAL:`` rows of ``(op, ref, hyp)`` triples.
 
@@ -110,11 +106,18 @@ def alignment_rows(ops: Sequence[tuple[str, str | None, str | None]]) -> tuple[s
     """
     ref_row, hyp_row, eval_row = ["REF: "], ["HYP: "], ["EVAL:"]
     for op, ref, hyp in ops:
-        width = max(display_width(ref or ""), display_width(hyp or ""), 1)
-        ref_row.append("*" * width if ref is None else _pad(ref, width))
-        hyp_row.append("*" * width if hyp is None else _pad(hyp, width))
-        eval_row.append(_pad("" if op == "C" else op, width))
-    return tuple(" ".join(row).rstrip() for row in (ref_row, hyp_row, eval_row))  # type: ignore[return-value]
+        if op == "C":  # the common case, kept cheap: both words are the same
+            ref_row.append(ref)
+            hyp_row.append(ref)
+            eval_row.append(" " * (len(ref) if ref.isascii() else display_width(ref)))
+            continue
+        ref_width = 0 if ref is None else len(ref) if ref.isascii() else display_width(ref)
+        hyp_width = 0 if hyp is None else len(hyp) if hyp.isascii() else display_width(hyp)
+        width = max(ref_width, hyp_width, 1)
+        ref_row.append("*" * width if ref is None else ref + " " * (width - ref_width))
+        hyp_row.append("*" * width if hyp is None else hyp + " " * (width - hyp_width))
+        eval_row.append(op + " " * (width - 1))
+    return " ".join(ref_row).rstrip(), " ".join(hyp_row).rstrip(), " ".join(eval_row).rstrip()
 
 
 def scores_line(correct: int, subs: int, dels: int, ins: int, n: int, rate: float | None) -> str:

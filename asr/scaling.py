@@ -16,14 +16,14 @@ at kappa must do what kappa steps at the reference do, to first order in the lea
 
 - EMA (``power``): rho -> rho^kappa. kappa updates at rho towards a fixed target equal one
   update at rho^kappa exactly; along a training run they agree up to O(kappa * lr) terms
-  (Busbridge et al., Eq. 4 and Def. 1.2).
+  (Busbridge et al.'s EMA Scaling Rule, derived from the SDE of SGD with a model EMA).
 - SGD: lr -> kappa * lr (the drift of kappa steps in one; the noise variance of a step falls by
   1/kappa, so the diffusion per unit of data is unchanged). Heavy-ball momentum is an EMA of
   gradients, so it keeps its timescale in data: mu -> mu^kappa. torch's buffer is a *sum*
   (v <- mu*v + g, step lr*v), whose steady-state step is lr/(1 - mu); keeping that step linear
   in kappa gives lr -> kappa * lr * (1 - mu^kappa) / (1 - mu), which is kappa * lr when mu = 0.
   L2 weight decay is part of the gradient and scales with the learning rate by itself.
-- Adam/AdamW (SDE rule, Malladi et al. Def. 2.5): lr -> sqrt(kappa) * lr,
+- Adam/AdamW (Malladi et al.'s square-root SDE rule): lr -> sqrt(kappa) * lr,
   beta_i -> 1 - kappa * (1 - beta_i), eps -> eps / sqrt(kappa). Derivation in the noise-dominated
   regime the SDE describes: the second moment v ~ sigma^2 / B falls by kappa, so the normalised
   step m / sqrt(v) grows by sqrt(kappa) and the drift per step by kappa; the betas keep their
@@ -207,7 +207,7 @@ def _scale_beta(beta: float, kappa: float, name: str, on_invalid: str) -> float:
 
 def _invalid(name: str, base: float, kappa: float, scaled: float, clamped: float, on_invalid: str,
              limit: str) -> float:
-    message = f"{name}={base:g} scaled at kappa={kappa:g} gives {scaled:.6g}: {limit}"
+    message = f"{name}={base:.12g} scaled at kappa={kappa:g} gives {scaled:.6g}: {limit}"
     if on_invalid == "error":
         raise ValueError(f"{message} (scaling.on_invalid=error)")
     warnings.warn(f"{message}; clamped to {clamped:.6g}", ScalingWarning, stacklevel=3)

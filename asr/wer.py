@@ -48,7 +48,7 @@ import json
 import sys
 from collections import defaultdict
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,8 @@ CORRECT, SUBSTITUTION, DELETION, INSERTION = "C", "S", "D", "I"
 _OP_LABELS = (CORRECT, SUBSTITUTION, DELETION, INSERTION)
 _C, _S, _D, _I = 0, 1, 2, 3
 
-_GUESS_TOKENS_PER_ERROR = 4  # first guess of a middle's errors (it starts and ends with one)
+_GUESS_TOKENS_PER_ERROR = 4  # first band: an error per 4 tokens of a middle (which starts and
+#                              ends with one); pairs with more errors are redone in a wider band
 _ROW_BUDGET = 1 << 17  # lattice cells of one DP row over a batch (keeps the row in cache)
 _MAX_PAIRS = 4096  # pairs a batch
 _LATTICE_BUDGET = 1 << 23  # cells of the stored band lattices of one batch (alignments)
@@ -205,7 +206,8 @@ class _Pairs:
     hyp_len: np.ndarray
 
     @classmethod
-    def intern(cls, refs: Sequence[Sequence[Hashable]], hyps: Sequence[Sequence[Hashable]]) -> _Pairs:
+    def intern(cls, refs: Sequence[Sequence[Hashable]],
+               hyps: Sequence[Sequence[Hashable]]) -> _Pairs:
         if len(refs) != len(hyps):
             raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
         seqs = [*refs, *hyps]
@@ -238,22 +240,25 @@ class _Pairs:
         """Each pair's alignment as an int8 array of op codes (_C, _S, _D, _I), in order."""
         prefix, suffix = self._common_ends()
         n, m = self.ref_len - prefix - suffix, self.hyp_len - prefix - suffix
-        middles: list[np.ndarray] = [np.concatenate([np.full(n_b, _D, np.int8),
-                                                     np.full(m_b, _I, np.int8)])
-                                     for n_b, m_b in zip(n.tolist(), m.tolist(), strict=True)]
+        traced: dict[int, np.ndarray] = {}
         both = np.flatnonzero((n > 0) & (m > 0))
         if len(both):
             middle = self._middles(prefix, suffix, both)
             dist, _ = middle.exact_band_costs()
-            for b, codes in zip(both.tolist(), middle.traced_ops(dist), strict=True):
-                middles[b] = codes
-        return [np.concatenate([np.zeros(p, np.int8), codes, np.zeros(s, np.int8)])
-                for p, codes, s in zip(prefix.tolist(), middles, suffix.tolist(), strict=True)]
+            traced = dict(zip(both.tolist(), middle.traced_ops(dist), strict=True))
+        one_sided = np.array([_C, _D, _I, _C], np.int8)  # a middle with n = 0 or m = 0
+        return [
+            np.concatenate([np.full(p, _C, np.int8), traced[b], np.full(s, _C, np.int8)])
+            if b in traced else np.repeat(one_sided, (p, n_b, m_b, s))
+            for b, (p, n_b, m_b, s) in enumerate(zip(prefix.tolist(), n.tolist(), m.tolist(),
+                                                     suffix.tolist(), strict=True))
+        ]
 
     def _middles(self, prefix: np.ndarray, suffix: np.ndarray, which: np.ndarray) -> _Pairs:
         trim = prefix[which] + suffix[which]
-        return _Pairs(self.ref_ids, self.ref_start[which] + prefix[which], self.ref_len[which] - trim,
-                      self.hyp_ids, self.hyp_start[which] + prefix[which], self.hyp_len[which] - trim)
+        return _Pairs(self.ref_ids, self.ref_start[which] + prefix[which],
+                      self.ref_len[which] - trim, self.hyp_ids,
+                      self.hyp_start[which] + prefix[which], self.hyp_len[which] - trim)
 
     def _common_ends(self) -> tuple[np.ndarray, np.ndarray]:
         """Lengths of the common prefix and (non-overlapping) common suffix of every pair.
@@ -281,8 +286,9 @@ class _Pairs:
             pos = np.arange(total) - np.repeat(np.cumsum(lim) - lim, lim)
             differ = np.flatnonzero(self.ref_ids[r_from[pair] + step * pos]
                                     != self.hyp_ids[h_from[pair] + step * pos])
-            first = differ[np.r_[True, pair[differ[1:]] != pair[differ[:-1]]]] if len(differ) else differ
-            run[pair[first]] = pos[first]
+            if len(differ):
+                first = differ[np.r_[True, pair[differ[1:]] != pair[differ[:-1]]]]
+                run[pair[first]] = pos[first]
         return run
 
     def exact_band_costs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -293,7 +299,8 @@ class _Pairs:
         holds every path of as many errors as that optimum: the true optimum is one of them.
         """
         gap = np.abs(self.ref_len - self.hyp_len)
-        guess = np.maximum(gap, -(-np.maximum(self.ref_len, self.hyp_len) // _GUESS_TOKENS_PER_ERROR))
+        longer = np.maximum(self.ref_len, self.hyp_len)
+        guess = np.maximum(gap, -(-longer // _GUESS_TOKENS_PER_ERROR))
         dist, hits = self._band_costs(guess)
         redo = np.flatnonzero(dist > guess)
         if len(redo):
@@ -307,9 +314,9 @@ class _Pairs:
         dist = np.empty(len(max_errors), np.int64)
         hits = np.empty(len(max_errors), np.int64)
         for batch in self._batches(max_errors, keep=False):
-            cost, weight = batch.run(keep=False)
-            d = -(-cost // weight)  # cost = weight * distance - hits, 0 <= hits < weight
-            dist[batch.index], hits[batch.index] = d, d * weight - cost
+            cost, _ = batch.run(keep=False)
+            d = -(-cost // batch.weight)  # cost = weight * distance - hits, 0 <= hits < weight
+            dist[batch.index], hits[batch.index] = d, d * batch.weight - cost
         return dist, hits
 
     def traced_ops(self, dist: np.ndarray) -> list[np.ndarray]:
@@ -364,7 +371,7 @@ def _padded_columns(ids: np.ndarray, start: np.ndarray, length: np.ndarray, heig
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class _BandBatch:
     """Pairs aligned together, each in a diagonal band of its lattice.
 
@@ -385,8 +392,6 @@ class _BandBatch:
     hyp_len: np.ndarray
     below: np.ndarray
     width: int
-    lattice: np.ndarray | None = field(default=None, repr=False)
-    weight: int = 0
 
     @classmethod
     def build(cls, pairs: _Pairs, index: np.ndarray, max_errors: np.ndarray,
@@ -401,19 +406,23 @@ class _BandBatch:
                               below, -2)
         return cls(index, ref, hyp, n, m, below, width)
 
-    def run(self, *, keep: bool) -> tuple[np.ndarray, int]:
-        """Cost of every pair's best path in its band; ``keep`` stores the band lattices."""
-        width, rows, pairs = self.width, self.ref.shape[0] + 1, len(self.index)
-        self.weight = weight = rows  # more than any pair's count of correct tokens
-        # Cells with j < 0 start at ``big`` and only grow, by at most weight a row.
+    @property
+    def weight(self) -> int:
+        return self.ref.shape[0] + 1  # rows: more than any pair's count of correct tokens
+
+    def run(self, *, keep: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Cost of every pair's best path in its band, and with ``keep`` the band lattices."""
+        width, weight, pairs = self.width, self.weight, len(self.index)
+        rows = weight
+        # Cells with j < 0 start at ``big`` and only grow, by at most ``weight`` a row.
         big = weight * (rows + self.hyp.shape[0] + 2 * width)
         dtype = np.int32 if big + weight * (rows + 2 * width) < 2**31 else np.int64
-        offset = np.arange(width)[:, None] - self.below  # j of each cell of row 0
-        prev = np.where(offset >= 0, weight * offset, big).astype(dtype)  # j insertions
+        column_j = np.arange(width)[:, None] - self.below  # j of each cell of row 0
+        prev = np.where(column_j >= 0, weight * column_j, big).astype(dtype)  # j insertions
+        lattice = np.empty((rows, width, pairs), dtype=dtype) if keep else None
+        if lattice is not None:
+            lattice[0] = prev
         cost = np.empty(pairs, np.int64)
-        if keep:
-            self.lattice = np.empty((rows, width, pairs), dtype=dtype)
-            self.lattice[0] = prev
         alive = pairs - np.searchsorted(self.ref_len[::-1], np.arange(rows + 1))  # n >= i
         for i in range(1, rows):
             a = alive[i]
@@ -425,17 +434,17 @@ class _BandBatch:
             np.minimum(cur[:-1], prev[1:] + weight, out=cur[:-1])
             # insertion from (i, j-1): the column before in this row
             _relax_insertions(cur, weight)
-            if keep:
-                self.lattice[i, :, :a] = cur
+            if lattice is not None:
+                lattice[i, :, :a] = cur
             done = np.arange(alive[i + 1], a)  # pairs whose reference ends at row i
             cost[done] = cur[self.hyp_len[done] - i + self.below[done], done]
             prev = cur
-        return cost, weight
+        return cost, lattice
 
     def trace_back(self) -> list[np.ndarray]:
         """Op codes of every pair, traced from the end: diagonal first, then D, then I."""
-        self.run(keep=True)
-        lattice, weight, last = self.lattice, self.weight, self.width - 1
+        _, lattice = self.run(keep=True)
+        weight, last = self.weight, self.width - 1
         b = np.arange(len(self.index))
         i, j = self.ref_len.copy(), self.hyp_len.copy()
         steps = int((i + j).max())
@@ -455,7 +464,6 @@ class _BandBatch:
                                  [_C, _S, _D, _I], -1)
             i -= diagonal | deletion
             j -= diagonal | insertion
-        self.lattice = None
         return [col[col >= 0][::-1] for col in codes.T]
 
 

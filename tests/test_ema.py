@@ -162,6 +162,8 @@ def test_state_dict_round_trip_accepts_wrapper_prefixes():
 
     prefixed = {f"module._orig_mod.{k}": v for k, v in teacher.state_dict().items()}
     assert strip_wrapper_prefixes(prefixed).keys() == teacher.state_dict().keys()
+    partly = {"module.weight": torch.zeros(1), "head.bias": torch.zeros(1)}  # a submodule named module
+    assert strip_wrapper_prefixes(partly).keys() == partly.keys()
     other = EMATeacher(Net())
     other.load_state_dict(prefixed)
     assert_state_close(other.state_dict(), teacher.state_dict(), atol=0)

@@ -63,6 +63,15 @@ def test_kappa_from_config_in_seconds_and_in_utterances():
         derive(utterances, world_size=4)
 
 
+def test_config_rules_none_keep_base_values_and_on_invalid_error_refuses_at_derive():
+    batch = ["data.max_batch_seconds=60", "scaling.reference_seconds=120"]
+    unscaled = derive(load_config(None, [*batch, "scaling.optimizer_rule=none", "scaling.ema_rule=none"]), 16)
+    assert (unscaled.kappa, unscaled.lr, unscaled.betas, unscaled.eps, unscaled.rho) == (8, 1e-3, (0.9, 0.98), 1e-8, 0.999)
+    strict = load_config(None, [*batch, "scaling.on_invalid=error"])
+    with pytest.raises(ValueError, match=r"optim\.betas\[0\]=0\.9 scaled at kappa=16 .*on_invalid=error"):
+        derive(strict, world_size=32)
+
+
 # ---------------------------------------------------------------------------------------------
 # The rules as formulas
 
@@ -153,7 +162,7 @@ OUT_OF_RANGE = {  # name: (scaled value as a function of on_invalid, clamped val
                            r"optim\.betas\[1\]=0\.999 .*rounds to 1"),
     "eps-underflow": (adagrad_eps(1e-300, 1e30), 2.2250738585072014e-308, r"optim\.eps=1e-300 .*underflowed"),
     "rho-underflow": (ema_rho(0.5, 1e4), 0.0, r"ema\.rho=0\.5 scaled at kappa=10000 .*underflows"),
-    "rho-rounds-to-one": (ema_rho(1 - 1e-12, 1e-6), math.nextafter(1.0, 0.0), r"ema\.rho=1 .*never move"),
+    "rho-rounds-to-one": (ema_rho(1 - 1e-12, 1e-6), math.nextafter(1.0, 0.0), r"ema\.rho=0\.999999999999 .*never move"),
 }
 
 
@@ -292,12 +301,14 @@ def test_stage_change_names_the_param_group_keys_and_state_that_change():
 
 def test_scaling_report_shows_base_and_effective_values_and_schedule_steps():
     cfg = load_config(None, ["data.max_batch_seconds=60", "scaling.reference_seconds=120", "ema.rho=0.999"])
-    report = scaling_report(derive(cfg, world_size=8, accum_steps=2), cfg)
+    derived = derive(cfg, world_size=8, accum_steps=2)
+    report = scaling_report(derived, cfg)
     assert "kappa = 8" in report
     assert "960 s of padded audio per step" in report
     assert "| ema rho         | 0.999          | 0.992028    |" in report
     assert "| betas           | 0.9, 0.98      | 0.2, 0.84   |" in report
     assert "| total              | 10    | 38    |" in report
+    assert json.loads(json.dumps(derived.to_dict()))["steps"]["total"] == 38  # plain types, for checkpoints
 
 
 def test_asr_scale_json(capsys):

@@ -195,8 +195,14 @@ class Utterance:
 
 @dataclass(frozen=True)
 class CorpusPlan:
+    """The whole corpus before any audio: who says what, how, and under which ids."""
+
     speakers: list[Speaker]
     utterances: list[Utterance]
+    train_sentences: int
+    """Size of the sentence pool of the training splits."""
+    eval_sentences: int
+    """Size of the (disjoint) sentence pool of dev and test."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +229,7 @@ def _endless(pool: list[Sentence], rng: np.random.Generator) -> Iterator[Sentenc
             yield pool[i]
 
 
-def _span(rng: np.random.Generator, bounds: tuple[float, float], spread: int) -> tuple[int, int]:
+def _span(rng: np.random.Generator, bounds: tuple[int, int], spread: int) -> tuple[int, int]:
     center = int(rng.integers(bounds[0], bounds[1] + 1))
     return center - spread, center + spread
 
@@ -302,11 +308,12 @@ def plan_corpus(size: str, hours_scale: float, seed: int, sentences: list[Senten
                 drafts.append((speaker, sentence, delivery))
                 planned_s += seconds
             speakers.extend(group)
-    return _number_utterances(speakers, drafts, voice_rng)
+    speakers, utterances = _number_utterances(speakers, drafts, voice_rng)
+    return CorpusPlan(speakers, utterances, train_sentences=len(train_pool), eval_sentences=len(eval_pool))
 
 
 def _number_utterances(speakers: list[Speaker], drafts: list[tuple[Speaker, Sentence, dict[str, int]]],
-                       rng: np.random.Generator) -> CorpusPlan:
+                       rng: np.random.Generator) -> tuple[list[Speaker], list[Utterance]]:
     """Give each speaker's utterances chapters (random unique ids) and LibriSpeech ids."""
     by_speaker: dict[int, list[tuple[Sentence, dict[str, int]]]] = defaultdict(list)
     for speaker, sentence, delivery in drafts:
@@ -324,7 +331,7 @@ def _number_utterances(speakers: list[Speaker], drafts: list[tuple[Speaker, Sent
                     id=f"{speaker.id}-{chapter}-{index:04d}", split=speaker.split, speaker=speaker.id,
                     chapter=chapter, voice=speaker.voice, condition=speaker.condition,
                     spoken=sentence.spoken, transcript=sentence.transcript, **delivery))
-    return CorpusPlan(speakers=used, utterances=utterances)
+    return used, utterances
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,8 +500,8 @@ def _speakers_txt(speakers: list[Speaker], seconds: dict[int, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _manifest(args: dict, plan: CorpusPlan, n_sentences: tuple[int, int], espeak_version: str,
-              seconds: dict[str, float] | None) -> str:
+def _manifest(args: dict, plan: CorpusPlan, espeak_version: str, seconds: dict[str, float] | None) -> str:
+    """synth.json: arguments, tools, text pools, splits (measured hours once known), voices."""
     splits = {}
     for split in SPLITS:
         utts = [u for u in plan.utterances if u.split == split]
@@ -508,13 +515,13 @@ def _manifest(args: dict, plan: CorpusPlan, n_sentences: tuple[int, int], espeak
         **args,
         "sample_rate": SAMPLE_RATE,
         "espeak_ng": espeak_version,
-        "text": {"sources": ["bible-kjv", "fortunes-min"], "train_sentences": n_sentences[0],
-                 "eval_sentences": n_sentences[1]},
+        "text": {"sources": ["bible-kjv", "fortunes-min"], "train_sentences": plan.train_sentences,
+                 "eval_sentences": plan.eval_sentences},
         "splits": splits,
     }
     # One speaker a line: the file stays readable with hundreds of them.
     speakers = ",\n".join(f"  {json.dumps(asdict(s) | {'voice': s.voice})}" for s in plan.speakers)
-    return f'{json.dumps(head, indent=1)[:-2]},\n "speakers": [\n{speakers}\n ]\n}}\n'
+    return json.dumps(head, indent=1).removesuffix("\n}") + f',\n "speakers": [\n{speakers}\n ]\n}}\n'
 
 
 def _prepare_root(root: Path, args: dict, overwrite: bool) -> bool:
@@ -532,8 +539,8 @@ def _prepare_root(root: Path, args: dict, overwrite: bool) -> bool:
         raise ValueError(f"{root} already holds {', '.join(p.name for p in existing)} (an unfinished "
                          "corpus?); pass --overwrite to replace it")
     if existing and not (root / "synth.json").is_file():
-        raise ValueError(f"{root / 'LibriSpeech'} was not made by 'asr synth' (no synth.json beside it); "
-                         "not removing it")
+        raise ValueError(f"{root} holds {', '.join(p.name for p in existing)} not made by 'asr synth' "
+                         "(no synth.json); not removing it")
     marker.unlink(missing_ok=True)  # first: a half-removed corpus must not look finished
     for path in existing:
         if path.is_dir():
@@ -629,17 +636,14 @@ def synthesize_corpus(out: str | Path, size: str = "tiny", hours_scale: float = 
     variant_sex = _check_voices(espeak)
     version = subprocess.run([espeak, "--version"], capture_output=True, text=True, check=True).stdout
     espeak_version = m.group(1) if (m := re.search(r"text-to-speech: (\S+)", version)) else "unknown"
-    sentences = load_sentences()
-    pools = split_pools(sentences, EVAL_FRACTION)
-    n_sentences = (len(pools[0]), len(pools[1]))
-    plan = plan_corpus(size, hours_scale, seed, sentences, variant_sex)
+    plan = plan_corpus(size, hours_scale, seed, load_sentences(), variant_sex)
 
     for folder in sorted({(root / u.path).parent for u in plan.utterances}):
         folder.mkdir(parents=True, exist_ok=True)
-    _write_text(root / "synth.json", _manifest(args, plan, n_sentences, espeak_version, None))
+    _write_text(root / "synth.json", _manifest(args, plan, espeak_version, None))
     seconds = _render_all(plan, Renderer(root=root, espeak=espeak, sox=sox), jobs or _cpu_count())
     _write_transcripts(root, plan, seconds)
-    manifest = _manifest(args, plan, n_sentences, espeak_version, seconds)
+    manifest = _manifest(args, plan, espeak_version, seconds)
     _write_text(root / "synth.json", manifest)
     _write_text(root / MARKER, json.dumps(args) + "\n")
 

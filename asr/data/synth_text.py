@@ -31,9 +31,9 @@ from pathlib import Path
 from asr.text.normalize import normalize_librispeech
 
 MIN_WORDS = 5
-"""Shortest segment kept, in words (about 2 s at the slowest speaking rate)."""
+"""Shortest segment kept, in words (under 2 s at espeak-ng's default 175 words a minute)."""
 MAX_WORDS = 32
-"""Longest segment kept, in words (about 13 s at the slowest speaking rate)."""
+"""Longest segment kept, in words (about 11 s at 175 words a minute)."""
 
 KJV_RANGE = "Gen1:1-Rev22:21"
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -51,7 +51,7 @@ _ABBREVIATIONS = frozenset({
 _BEFORE_FULL_STOP = re.compile(r"(?<![A-Za-z])([A-Za-z]{1,4})\.")
 _INNER_FULL_STOP = re.compile(r"\.[A-Za-z]")  # "e.g.", "U.S.A."
 _DASHES = re.compile(r"\s*--+\s*|\s+-\s+")  # a spoken pause, not a word joiner
-_QUOTES = re.compile(r"[\"()]|(?<![A-Za-z])'+|'+(?![A-Za-z])")
+_QUOTES = re.compile(r"\"|(?<![A-Za-z])'+|'+(?![A-Za-z])")  # quote marks, not apostrophes
 _WORD = re.compile(r"[A-Za-z']+")
 _SPELLED = re.compile(  # what espeak-ng spells: vowel-less words ("hmm", "Mrs"), lone letters
     r"(?<![A-Za-z'])(?:[b-df-hj-np-tv-xzB-DF-HJ-NP-TV-XZ']+|[EUYeuy])(?![A-Za-z'])"
@@ -128,8 +128,10 @@ def _spoken_form(text: str, vocabulary: set[str]) -> str | None:
         return None  # digits, symbols read aloud (&, %, $), non-ASCII letters, overstrikes
     if "-" in text:
         text = _DASHES.sub(", ", text).replace("-", " ")
-    if "'" in text or '"' in text or "(" in text:
+    if "'" in text or '"' in text:
         text = _QUOTES.sub("", text)
+    if "(" in text or ")" in text:
+        text = text.replace("(", " ").replace(")", " ")  # "LITE(tm)" is two words
     text = _SPACES.sub(" ", text).strip(" ,;:")
     if _SPELLED.search(text):
         return None
@@ -147,22 +149,33 @@ def _has_abbreviation(passage: str) -> bool:
     )
 
 
+def _join_clauses(clauses: list[str]) -> Iterator[str]:
+    """Neighbouring clauses joined greedily into segments of at most MAX_WORDS words."""
+    segment: list[str] = []
+    words = 0
+    for clause in clauses:
+        n = len(clause.split())
+        if segment and words + n > MAX_WORDS:
+            yield " ".join(segment)
+            segment, words = [], 0
+        segment.append(clause)
+        words += n
+    if segment:
+        yield " ".join(segment)
+
+
 def segment_passage(passage: str, vocabulary: set[str], source: str) -> Iterator[Sentence]:
     """Cut one passage into sentences of MIN_WORDS..MAX_WORDS words the synthesizer reads verbatim."""
     passage = _SPACES.sub(" ", passage).strip()
     if _has_abbreviation(passage):
         return  # a full stop after an abbreviation would cut the passage in the wrong place
-    segment: list[str] = []
-    for clause in [*_CLAUSE_END.split(passage), None]:
-        words = len(clause.split()) if clause else 0
-        if segment and (clause is None or len(" ".join(segment).split()) + words > MAX_WORDS):
-            spoken = _spoken_form(" ".join(segment), vocabulary)
-            transcript = normalize_librispeech(spoken) if spoken else ""
-            if spoken and MIN_WORDS <= len(transcript.split()) <= MAX_WORDS:
-                yield Sentence(spoken=spoken, transcript=transcript, source=source)
-            segment = []
-        if clause:
-            segment.append(clause)
+    for text in _join_clauses(_CLAUSE_END.split(passage)):
+        spoken = _spoken_form(text, vocabulary)
+        if spoken is None:
+            continue
+        transcript = normalize_librispeech(spoken)
+        if MIN_WORDS <= len(transcript.split()) <= MAX_WORDS:
+            yield Sentence(spoken=spoken, transcript=transcript, source=source)
 
 
 def load_sentences() -> list[Sentence]:

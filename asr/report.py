@@ -67,7 +67,8 @@ def read_transcripts(path: str | Path, fmt: str = "auto") -> dict[str, str]:
                 raise ValueError(f"{where}: expected '<utt-id> WORDS' (Kaldi text), got {line!r}")
             utt, text = fields[0], fields[1].strip() if len(fields) > 1 else ""
         if utt in texts:
-            raise ValueError(f"{where}: duplicate utterance id {utt!r} (first on line {first_seen[utt]})")
+            raise ValueError(f"{where}: duplicate utterance id {utt!r} "
+                             f"(first on line {first_seen[utt]})")
         texts[utt], first_seen[utt] = text, lineno
     return texts
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import os
 import random
@@ -273,11 +274,7 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
     log(rt, f"data: {cfg.data.train_split} {epoch_hours[0]:.2f} h an epoch"
             + (f", {cfg.data.unlabeled_split} {epoch_hours[1]:.2f} h an epoch" if unlabeled_loader else ""))
 
-    writer = None
-    if rt.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(exp_dir / "tensorboard"))
+    writer = RunLog(exp_dir) if rt.is_main else None
 
     stop_step = hp.clock.steps_at(cfg.train.stop_hours) if cfg.train.stop_hours else hp.steps.total
     stop_step = min(stop_step, hp.steps.total)
@@ -367,13 +364,16 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
                     + (f" | rho {hp.rho:.5f}" if teacher is not None else "")
                     + f" | {rate:.0f} audio-h/h | ETA {format_seconds(eta)}")
             if writer is not None:
-                write_scalars(writer, state.step, seen, stats, optimizer.param_groups[0]["lr"], hp, rate)
+                writer.write("train", state.step, seen, {
+                    **stats, "lr": optimizer.param_groups[0]["lr"], "kappa": hp.kappa,
+                    "rho": hp.rho if teacher is not None else float("nan"), "audio_hours_per_hour": rate})
             if cfg.train.max_minutes and stop_requested(rt, elapsed / 60 > cfg.train.max_minutes):
                 log(rt, f"wall-clock budget of {cfg.train.max_minutes:g} min spent: stopping")
                 break
         if hours >= next_eval and state.step < stop_step:
             next_eval = next_mark(hours, cfg.train.eval_every_hours)
-            if evaluate_dev(rt, cfg, model, teacher, features, dev_indices, tokenizer, state, writer):
+            if evaluate_dev(rt, cfg, model, teacher, features, dev_indices, tokenizer, state, writer,
+                            state.hours_seen(*epoch_hours)):
                 save(rt, ckpt_dir, cfg, model, teacher, optimizer, state, tokenizer, aug_generator, is_best=True)
         if hours >= next_ckpt and state.step < stop_step:
             next_ckpt = next_mark(hours, cfg.train.checkpoint_every_hours)
@@ -381,7 +381,7 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
 
     # --- the end -------------------------------------------------------------------------------
     is_best = bool(cfg.train.eval_every_hours) and evaluate_dev(
-        rt, cfg, model, teacher, features, dev_indices, tokenizer, state, writer)
+        rt, cfg, model, teacher, features, dev_indices, tokenizer, state, writer, state.hours_seen(*epoch_hours))
     save(rt, ckpt_dir, cfg, model, teacher, optimizer, state, tokenizer, aug_generator, is_best=is_best)
     log(rt, f"done: step {state.step}, {state.hours_seen(*epoch_hours):.2f} h of audio seen, "
             f"{state.skipped_steps} skipped steps, {time.perf_counter() - t_start:.0f} s; "
@@ -527,29 +527,39 @@ class Meter:
         return stats
 
 
-def write_scalars(writer: Any, step: int, hours: float, stats: dict[str, float], lr: float,
-                  hp: scaling.Derived, rate: float) -> None:
-    for name in ("loss", "grad_norm", "padding_waste"):
-        writer.add_scalar(f"train/{name}", stats[name], step)
-    if stats["pl_batches"]:
-        writer.add_scalar("train/pl_loss", stats["pl_loss"], step)
-        for name in ("pl_kept", "pl_empty", "pl_too_short", "pl_too_long"):
-            writer.add_scalar(f"pseudo_labels/{name.removeprefix('pl_')}", stats.get(name, 0.0), step)
-    if not math.isnan(stats["pl_wer"]):
-        writer.add_scalar("pseudo_labels/wer", stats["pl_wer"], step)
-    writer.add_scalar("train/skipped_steps", stats["skipped"], step)
-    writer.add_scalar("train/lr", lr, step)
-    writer.add_scalar("train/rho", hp.rho, step)
-    writer.add_scalar("train/kappa", hp.kappa, step)
-    writer.add_scalar("train/hours_seen", hours, step)
-    writer.add_scalar("train/audio_hours_per_hour", rate, step)
+class RunLog:
+    """Rank 0's record of a run: TensorBoard scalars and ``metrics.jsonl`` (plots, comparisons).
+
+    Each row holds the step and the exact hours of audio seen, so runs at different kappa are
+    compared at matched data seen."""
+
+    def __init__(self, exp_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tensorboard = SummaryWriter(str(exp_dir / "tensorboard"))
+        self.jsonl = (exp_dir / "metrics.jsonl").open("a", encoding="utf-8")
+
+    def write(self, kind: str, step: int, hours: float, values: dict[str, float]) -> None:
+        values = {k: float(v) for k, v in values.items()}
+        for name, value in values.items():
+            if math.isfinite(value):
+                self.tensorboard.add_scalar(f"{kind}/{name}", value, step)
+        self.tensorboard.add_scalar(f"{kind}/hours_seen", hours, step)
+        row = {"kind": kind, "step": step, "hours": hours,
+               **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        self.tensorboard.close()
+        self.jsonl.close()
 
 
 def evaluate_dev(rt: Runtime, cfg: DictConfig, model: torch.nn.Module, teacher: EMATeacher | None,
                  features: LogMelFeatures, dev_indices: dict, tokenizer: Tokenizer, state: TrainState,
-                 writer: Any) -> bool:
+                 writer: RunLog | None, hours: float) -> bool:
     """Greedy dev WER of student and teacher; returns True when the student's is a new best."""
-    line, first_wer = [], None
+    line, first_wer, values = [], None, {}
     for label, net in (("student", model), ("teacher", teacher.module if teacher else None)):
         if net is None:
             continue
@@ -558,11 +568,12 @@ def evaluate_dev(rt: Runtime, cfg: DictConfig, model: torch.nn.Module, teacher: 
                           world_size=rt.world_size, batch_seconds=cfg.eval.batch_seconds,
                           autocast_dtype=rt.autocast_dtype)
             line.append(f"{label} {name} {100 * wer:.2f}")
-            if writer is not None:
-                writer.add_scalar(f"dev_wer/{label}/{name}", 100 * wer, state.step)
+            values[f"{label}/{name}"] = 100 * wer
             if first_wer is None:
                 first_wer = wer
     log(rt, f"dev WER % at step {state.step}: " + " | ".join(line))
+    if writer is not None:
+        writer.write("dev_wer", state.step, hours, values)
     if first_wer is not None and first_wer < state.best_dev_wer:
         state.best_dev_wer = first_wer
         return True

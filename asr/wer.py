@@ -549,8 +549,9 @@ class CorpusScore:
 
     def utterances(self) -> Iterator[UtteranceScore]:
         missing = set(self.missing_ids)
-        for u, spk, ref, hyp, w, c in zip(self.utt_ids, self.speakers, self.refs, self.hyps,
-                                          self.word_counts.tolist(), self.char_counts.tolist(), strict=True):
+        rows = zip(self.utt_ids, self.speakers, self.refs, self.hyps, self.word_counts.tolist(),
+                   self.char_counts.tolist(), strict=True)
+        for u, spk, ref, hyp, w, c in rows:
             yield UtteranceScore(u, spk, ref, hyp, Counts(*w), Counts(*c), u in missing)
 
     def per_speaker(self) -> list[SpeakerScore]:
@@ -562,8 +563,8 @@ class CorpusScore:
         words, chars = (np.stack([np.bincount(which, weights=col, minlength=len(names))
                                   for col in counts.T], axis=1).astype(np.int64)
                         for counts in (self.word_counts, self.char_counts))
-        return [SpeakerScore(str(name), int(k), Counts(*w), Counts(*c))
-                for name, k, w, c in zip(names, n_utts.tolist(), words.tolist(), chars.tolist(), strict=True)]
+        rows = zip(names, n_utts.tolist(), words.tolist(), chars.tolist(), strict=True)
+        return [SpeakerScore(name, k, Counts(*w), Counts(*c)) for name, k, w, c in rows]
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-utterance rows, as one JSON-ready dict (rates as fractions)."""
@@ -758,8 +759,9 @@ def _write_alignments(path: Path, score: CorpusScore, name: str) -> None:
             ref_row, hyp_row, eval_row = alignment_rows(alignment.ops)
             w = utt.words
             note = "  (no hypothesis: scored as empty)" if utt.missing else ""
-            f.write(f"\nid: {utt.utt_id}  speaker: {utt.speaker}{note}\n{ref_row}\n{hyp_row}\n"
-                    f"{eval_row}\n{scores_line(w.hits, w.substitutions, w.deletions, w.insertions, w.n, w.rate)}\n")
+            scores = scores_line(w.hits, w.substitutions, w.deletions, w.insertions, w.n, w.rate)
+            f.write(f"\nid: {utt.utt_id}  speaker: {utt.speaker}{note}\n"
+                    f"{ref_row}\n{hyp_row}\n{eval_row}\n{scores}\n")
 
 
 def score_files(ref: Path, hyp: Path, *, fmt: str = "auto", compare: Path | None = None,

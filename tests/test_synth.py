@@ -277,11 +277,14 @@ SENTENCES = [
      ("A long forgotten loved one will appear soon.", "A LONG FORGOTTEN LOVED ONE WILL APPEAR SOON")),
     ("'Don't go,' she said -- to her brothers' friend.",  # quote marks go, contractions stay
      ("Don't go, she said, to her brothers friend.", "DON'T GO SHE SAID TO HER BROTHERS FRIEND")),
+    ("The LORD (blessed be he) is good unto all of us.",  # brackets are pauses
+     ("The Lord blessed be he is good unto all of us.", "THE LORD BLESSED BE HE IS GOOD UNTO ALL OF US")),
     ("He gave them 30 pieces of silver in the temple.", None),  # digits are said differently
     ("Mr. Smith went down to the market in the town.", None),  # abbreviation
     ("J. R. R. Tolkien wrote a long book about rings.", None),  # initials
     ("The NASA engineers launched a rocket into the sky.", None),  # acronym
     ("Hmm, the answer is not quite what we expected.", None),  # spelled out by espeak-ng
+    ("A Tale of Two Cities LITE(tm) by a famous author.", None),  # "tm" too
     ("You & I will walk together down to the sea.", None),  # symbol read aloud
     ("Jesus wept.", None),  # shorter than MIN_WORDS
 ]

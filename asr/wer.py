@@ -416,7 +416,8 @@ class _BandBatch:
         rows = weight
         # Cells with j < 0 start at ``big`` and only grow, by at most ``weight`` a row.
         big = weight * (rows + self.hyp.shape[0] + 2 * width)
-        dtype = np.int32 if big + weight * (rows + 2 * width) < 2**31 else np.int64
+        bound = big + weight * (rows + 2 * width)
+        dtype = next(t for t in (np.int16, np.int32, np.int64) if bound <= np.iinfo(t).max)
         column_j = np.arange(width)[:, None] - self.below  # j of each cell of row 0
         prev = np.where(column_j >= 0, weight * column_j, big).astype(dtype)  # j insertions
         lattice = np.empty((rows, width, pairs), dtype=dtype) if keep else None

@@ -204,10 +204,11 @@ def test_dev_and_test_sentences_never_occur_in_training(corpus):
 # --- re-runs, refusals, missing tools ----------------------------------------------------------------
 
 
-def test_rerun_with_same_arguments_is_a_noop_that_says_so(corpus, capsys):
+@pytest.mark.parametrize("flags", [[], ["--overwrite"]])
+def test_rerun_with_same_arguments_is_a_noop_that_says_so(flags, corpus, capsys):
     before = {p: p.stat().st_mtime_ns for p in corpus.rglob("*")}
     code = main(["synth", "--out", str(corpus), "--size", "tiny", "--hours-scale", str(SCALE),
-                 "--seed", str(SEED)])
+                 "--seed", str(SEED), *flags])
     assert code == 0 and "nothing to do" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in corpus.rglob("*")} == before
 
@@ -229,6 +230,16 @@ def test_existing_corpus_is_never_silently_replaced(setup, overwrite, message, c
         synthesize_corpus(root, size="tiny", hours_scale=SCALE, seed=seed, overwrite=overwrite)
     assert (root / "LibriSpeech").is_dir()
     assert (root / MARKER).is_file() == (setup == "finished, other seed")
+
+
+def test_overwrite_replaces_an_unfinished_corpus(tmp_path):
+    stale = tmp_path / "LibriSpeech" / "dev-clean" / "1" / "2" / "1-2-0000.flac"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an interrupted run")
+    (tmp_path / "synth.json").write_text("{}")
+    synthesize_corpus(tmp_path, size="tiny", hours_scale=0.2, seed=SEED, overwrite=True)
+    assert not stale.exists()
+    assert json.loads((tmp_path / MARKER).read_text()) == {"size": "tiny", "hours_scale": 0.2, "seed": SEED}
 
 
 @pytest.mark.parametrize("tools_on_path, package", [

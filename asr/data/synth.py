@@ -2,7 +2,7 @@
 
 The real corpus is a 60 GB download; this one is made on the machine, and has the same
 layout, so every later stage (prepare, shard, train, eval) runs unchanged on both. It mirrors
-the semi-supervised setup of the paper:
+the semi-supervised LibriSpeech setup (a labeled part, a larger unlabeled part):
 
 - ``train-clean``: labeled speech of "clean" speakers (five espeak-ng accents);
 - ``train-unlabeled``: more audio and no ``trans.txt``, from new clean speakers *and* new
@@ -17,13 +17,11 @@ Every split has its own speakers, and no dev/test sentence occurs in a training 
 
 Presets, in minutes of audio at ``--hours-scale 1`` (speakers in brackets):
 
-=======  ===========  ==============================  ==================  ===========
-preset   train-clean  train-unlabeled: clean + other  each dev/test split  total
-=======  ===========  ==============================  ==================  ===========
-tiny     0.8 (4)      0.5 (3) + 0.5 (3)               0.2 (2)              2.6 min
-demo     60 (20)      60 (20) + 90 (30)               7 (8)                4.0 h
-gpu      600 (40)     960 (64) + 1440 (96)            60 (20)              54 h
-=======  ===========  ==============================  ==================  ===========
+| preset | train-clean | train-unlabeled: clean + other | each dev/test split | total |
+| --- | ---: | ---: | ---: | ---: |
+| tiny | 0.8 (4) | 0.5 (3) + 0.5 (3) | 0.2 (2) | 2.6 min |
+| demo | 60 (20) | 60 (20) + 90 (30) | 7 (8) | 4.0 h |
+| gpu | 600 (40) | 960 (64) + 1440 (96) | 60 (20) | 54 h |
 
 Split lengths are planned with a length model of espeak-ng and land within a few per cent of
 their targets; ``synth.json`` records the measured hours. The same seed gives byte-identical
@@ -525,14 +523,18 @@ def _manifest(args: dict, plan: CorpusPlan, espeak_version: str, seconds: dict[s
 
 
 def _prepare_root(root: Path, args: dict, overwrite: bool) -> bool:
-    """True when a finished corpus with these arguments is already there."""
+    """True when a finished corpus with these arguments is already there.
+
+    Then there is nothing to do even with ``overwrite``: the same arguments give the same bytes.
+    """
     marker = root / MARKER
-    if marker.is_file() and not overwrite:
+    if marker.is_file():
         made_with = json.loads(marker.read_text())
         if made_with == args:
             return True
-        raise ValueError(f"{root} holds a finished corpus made with {made_with}, not {args}; "
-                         "pass --overwrite to replace it")
+        if not overwrite:
+            raise ValueError(f"{root} holds a finished corpus made with {made_with}, not {args}; "
+                             "pass --overwrite to replace it")
     ours = [root / "LibriSpeech", root / "held-out", root / "synth.json", marker]
     existing = [p for p in ours if p.exists()]
     if existing and not overwrite:
@@ -616,7 +618,7 @@ def synthesize_corpus(out: str | Path, size: str = "tiny", hours_scale: float = 
 
     ``jobs`` worker processes (0: every core) render utterances in parallel; progress goes to
     stderr. Refuses to touch an existing corpus unless ``overwrite``; a finished corpus made
-    with the same arguments is left as it is.
+    with the same arguments is left as it is (it holds the very bytes a new run would write).
     """
     if size not in PRESETS:
         raise ValueError(f"unknown --size {size!r}; allowed: {', '.join(PRESETS)}")

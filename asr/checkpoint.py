@@ -41,8 +41,15 @@ def save_checkpoint(payload: dict[str, Any], ckpt_dir: str | Path, step: int, *,
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step-{step:08d}.pt"
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"version": CHECKPOINT_VERSION, **payload}, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"version": CHECKPOINT_VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename publishes it
+        os.replace(tmp, path)
+    except BaseException:  # an interrupted save leaves no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
     _atomic_link(path, ckpt_dir / "last.pt")
     if is_best:
         _atomic_link(path, ckpt_dir / "best.pt")
@@ -79,17 +86,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def average_state_dicts(paths: list[Path], key: str) -> dict[str, torch.Tensor]:
-    """Element-wise mean of ``payload[key]`` over checkpoints (float tensors; others from the last)."""
+    """Element-wise mean of ``payload[key]`` over checkpoints, summed in float64 and returned in
+    each tensor's own dtype; integer tensors (counters) are taken from the last checkpoint."""
     if not paths:
         raise ValueError("average_state_dicts needs at least one checkpoint")
     total: dict[str, torch.Tensor] = {}
+    last: dict[str, torch.Tensor] = {}
     for path in paths:
         state = load_checkpoint(path).get(key)
         if state is None:
             raise ValueError(f"{path}: checkpoint has no '{key}' weights")
+        if last and set(state) != set(last):
+            raise ValueError(f"{path}: '{key}' weights have other tensor names than {paths[0]}'s: "
+                             f"{sorted(set(state) ^ set(last))[:5]}")
         for name, tensor in state.items():
             if tensor.is_floating_point():
-                total[name] = total.get(name, 0) + tensor.double()
-            else:
-                total[name] = tensor
-    return {name: (t / len(paths)).float() if t.is_floating_point() else t for name, t in total.items()}
+                total[name] = total[name] + tensor.double() if name in total else tensor.double()
+        last = state
+    return {name: (total[name] / len(paths)).to(t.dtype) if t.is_floating_point() else t
+            for name, t in last.items()}

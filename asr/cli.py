@@ -58,13 +58,23 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--resample", action="store_true", help="resample other rates instead of rejecting them")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
+    p.add_argument("--combine", nargs="*", type=_combine_spec, default=[], metavar="NAME=A+B",
+                   help="also write manifests/NAME.jsonl, the prepared splits A, B, ... in one "
+                        "(e.g. train-860=train-clean-360+train-other-500)")
+
+
+def _combine_spec(text: str) -> tuple[str, list[str]]:
+    name, sep, parts = text.partition("=")
+    if not sep or not name or not all(parts.split("+")):
+        raise argparse.ArgumentTypeError(f"expected NAME=SPLIT+SPLIT[+...], got {text!r}")
+    return name, parts.split("+")
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from asr.data.manifest import prepare_corpus
 
     prepare_corpus(args.corpus, args.out, splits=args.splits, sample_rate=args.sample_rate,
-                   resample=args.resample, jobs=args.jobs)
+                   resample=args.resample, jobs=args.jobs, combine=dict(args.combine))
     return 0
 
 
@@ -173,7 +183,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="write alignments and reports to this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--name", default=None, help="system name in the reports (default: the --hyp file name)")
+    p.add_argument("--name", default=None, help="system name in the reports (default: the --hyp path)")
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -201,6 +211,34 @@ def _run_results(args: argparse.Namespace) -> int:
     print(table, end="")
     if args.out is not None:
         args.out.write_text(table)
+    return 0
+
+
+# --- asr plot ---------------------------------------------------------------------------------
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="plot dev WER and training loss of runs against hours of audio seen")
+    p.add_argument("--runs", nargs="+", type=_run_spec, required=True, metavar="NAME=EXP_DIR[,EXP_DIR]",
+                   help="one line per run: its legend name and exp_dir (several, comma-separated, for "
+                        "a run continued with train.init_from)")
+    p.add_argument("--out", type=Path, required=True, help="PNG file; the plotted points go beside it as .csv")
+    p.add_argument("--metric", choices=["loss", "dev_wer"], default=None, help="one panel only (default: both)")
+    p.add_argument("--title", default=None, help="figure title")
+
+
+def _run_spec(text: str) -> tuple[str, list[Path]]:
+    name, sep, dirs = text.partition("=")
+    if not sep or not name.strip() or not all(dirs.split(",")):
+        raise argparse.ArgumentTypeError(f"expected NAME=EXP_DIR[,EXP_DIR...], got {text!r}")
+    return name.strip(), [Path(d) for d in dirs.split(",")]
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from asr.plot import plot_runs
+
+    csv_path = plot_runs(args.runs, args.out, metric=args.metric, title=args.title)
+    print(f"plot: {args.out} (points in {csv_path})")
     return 0
 
 
@@ -263,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config")
     _add_config_args(p)
     for add in (_add_synth, _add_prepare, _add_shard, _add_tokenizer, _add_train, _add_eval,
-                _add_score, _add_results, _add_scale):
+                _add_score, _add_results, _add_plot, _add_scale):
         add(sub)
     return parser
 
@@ -271,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 _HANDLERS = {
     "config": _run_config, "synth": _run_synth, "prepare": _run_prepare, "shard": _run_shard,
     "tokenizer": _run_tokenizer, "train": _run_train, "eval": _run_eval, "score": _run_score,
-    "results": _run_results, "scale": _run_scale,
+    "results": _run_results, "plot": _run_plot, "scale": _run_scale,
 }
 
 

@@ -132,8 +132,10 @@ def decode_set(model: torch.nn.Module, features: LogMelFeatures, eval_set: EvalS
     was_training = model.training
     model.eval()
     batches = length_sorted_batches(eval_set.durations, batch_seconds)[rank::world_size]
+    # a generator of its own: DataLoader otherwise draws its worker seed from the global RNG,
+    # and a dev evaluation would shift the training run's dropout stream (no exact resume)
     loader = DataLoader(_Batches(eval_set, batches), batch_size=None, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", generator=torch.Generator())
     hyps: dict[str, str] = {}
     for members, waves, lengths in loader:
         waves, lengths = waves.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
@@ -180,14 +182,17 @@ def load_model_for_eval(checkpoint: Path, weights: str, average_last: int) -> tu
         raise ValueError(f"{path}: checkpoint has no {weights} weights"
                          + (" (the teacher is created at the pseudo-label start)" if weights == "teacher" else ""))
     state = payload[weights]
-    if average_last > 1:
-        saved = list_checkpoints(path.parent)[-average_last:]
+    step = payload["train_state"]["step"]
+    if average_last > 1:  # the chosen checkpoint and the periodic ones just before it
+        saved = [p for p in list_checkpoints(path.parent) if int(p.stem.removeprefix("step-")) <= step]
+        saved = saved[-average_last:]
         if len(saved) < average_last:
-            raise ValueError(f"--average-last {average_last}: only {len(saved)} periodic checkpoints in {path.parent}")
+            raise ValueError(f"--average-last {average_last}: only {len(saved)} periodic checkpoints "
+                             f"up to step {step} in {path.parent}")
         state = average_state_dicts(saved, weights)
     model = build_model(cfg.model, n_mels=cfg.features.n_mels, vocab_size=tokenizer.vocab_size)
     model.load_state_dict(state)
-    return model, tokenizer, {"config": cfg, "step": payload["train_state"]["step"], "path": path}
+    return model, tokenizer, {"config": cfg, "step": step, "path": path}
 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path, *, splits: Sequence[str] | None, weights: str,

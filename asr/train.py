@@ -20,14 +20,12 @@ import itertools
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -40,7 +38,7 @@ from asr.config import config_from_dict, to_yaml
 from asr.data.features import LogMelFeatures
 from asr.data.loader import Batch, BatchLoader
 from asr.data.sampler import DataPosition, is_unlabeled_turn
-from asr.data.shards import load_index
+from asr.data.shards import SplitIndex, load_index
 from asr.data.specaug import SpecAugment
 from asr.ema import EMATeacher, unwrap_model
 from asr.evaluate import dev_wer
@@ -148,6 +146,23 @@ def lr_at(step: int, hp: scaling.Derived, cfg: DictConfig) -> float:
     return peak * (1 - (1 - floor) * progress)  # linear
 
 
+def load_splits(cfg: DictConfig) -> dict[str, SplitIndex]:
+    """The shard index of every split the run reads (training, unlabeled, dev), by name."""
+    shards = Path(cfg.data.shards_dir)
+    keys = {cfg.data.train_split: "data.train_split"}
+    if cfg.pl.enabled:
+        keys[cfg.data.unlabeled_split] = "data.unlabeled_split"
+    keys.update((name, "data.dev_splits") for name in cfg.data.dev_splits if name not in keys)
+    indices = {}
+    for name, key in keys.items():
+        try:
+            indices[name] = load_index(shards / name)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{key}: split '{name}' not found under data.shards_dir={shards}: "
+                                    f"{err}") from None
+    return indices
+
+
 def prepare_tokenizer(cfg: DictConfig, exp_dir: Path, rt: Runtime) -> Tokenizer:
     """Load the experiment's tokenizer, building it first (rank 0) when it does not exist yet."""
     path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else exp_dir / "tokenizer"
@@ -173,8 +188,6 @@ class TrainState:
     kappa_history: list[dict[str, Any]] = field(default_factory=list)
     best_dev_wer: float = float("inf")
     skipped_steps: int = 0
-    pl_kept: int = 0
-    pl_dropped: dict[str, int] = field(default_factory=dict)
 
     def hours_seen(self, labeled_epoch_hours: float, unlabeled_epoch_hours: float) -> float:
         """Exact audio hours consumed by all ranks, from the global data positions."""
@@ -183,8 +196,9 @@ class TrainState:
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-             "python": repr(random.getstate())}
+    """The global torch RNG (dropout) of this process; SpecAugment has its own generator and
+    LayerDrop its per-step seed, and nothing in training draws from Python's or numpy's RNG."""
+    state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -207,14 +221,10 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
     log(rt, scaling.scaling_report(hp, cfg))
     if dry_run:
         return 0
+    indices = load_splits(cfg)  # a wrong shards_dir or split name fails before anything is written
 
     exp_dir = Path(cfg.train.exp_dir)
     ckpt_dir = exp_dir / "checkpoints"
-    if rt.is_main:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / "config.yaml").write_text(to_yaml(cfg))
-    torch.manual_seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
 
     # --- what to continue from: this run's last checkpoint, else train.init_from ------------
     payload, own_checkpoint = None, cfg.train.resume and (ckpt_dir / "last.pt").exists()
@@ -222,8 +232,13 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
         payload = load_checkpoint(ckpt_dir / "last.pt")
     elif cfg.train.init_from:
         payload = load_checkpoint(resolve_checkpoint(cfg.train.init_from))
-    if payload is not None:
-        check_compatible(config_from_dict(payload["config"]), cfg)
+    if payload is not None:  # checked before config.yaml is replaced: a refused resume changes nothing
+        saved_cfg = config_from_dict(payload["config"])
+        check_compatible(saved_cfg, cfg)
+    if rt.is_main:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / "config.yaml").write_text(to_yaml(cfg))
+    torch.manual_seed(cfg.train.seed)
 
     # --- tokenizer, model, features, optimizer, teacher --------------------------------------
     tokenizer = tokenizer_from_dict(payload["tokenizer"]) if payload else prepare_tokenizer(cfg, exp_dir, rt)
@@ -247,6 +262,15 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
         state = load_train_state(payload["train_state"])
         if not own_checkpoint:
             state.best_dev_wer = float("inf")  # a new run: its own best
+        if state.kappa_history:  # the checkpoint's steps ran at the batch it last recorded
+            last = state.kappa_history[-1]
+            saved_hp = scaling.derive(saved_cfg, int(last["world_size"]), int(last["accum_steps"]))
+            if saved_hp.clock != hp.clock:  # another world size or accumulation: its steps stood
+                # for other amounts of audio; every schedule continues at the same audio seen
+                state.step = hp.clock.steps_at(saved_hp.clock.hours_at(state.step))
+            hp = scaling.derive_at_hours(cfg, rt.world_size, hp.clock.hours_at(state.step))
+            if hp.kappa != saved_hp.kappa:  # the optimizer state to what the new kappa would hold
+                rescale_optimizer_state(optimizer, saved_hp, hp)
         log(rt, f"continuing at step {state.step} from "
                 f"{ckpt_dir / 'last.pt' if own_checkpoint else cfg.train.init_from}")
     if teacher is not None and cfg.pl.enabled and state.step >= hp.steps.pl_start:
@@ -259,16 +283,15 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
         student = torch.compile(student)
 
     # --- data ----------------------------------------------------------------------------------
-    shards = Path(cfg.data.shards_dir)
     loader_args = {"rank": rt.rank, "world_size": rt.world_size, "pin_memory": rt.device.type == "cuda"}
-    labeled_loader = BatchLoader.from_config(load_index(shards / cfg.data.train_split), cfg.data,
+    labeled_loader = BatchLoader.from_config(indices[cfg.data.train_split], cfg.data,
                                              start=state.labeled, **loader_args)
     unlabeled_loader = None
     if cfg.pl.enabled:
-        unlabeled_loader = BatchLoader.from_config(load_index(shards / cfg.data.unlabeled_split), cfg.data,
+        unlabeled_loader = BatchLoader.from_config(indices[cfg.data.unlabeled_split], cfg.data,
                                                    start=state.unlabeled, **loader_args)
     epoch_hours = (labeled_loader.hours_per_epoch, unlabeled_loader.hours_per_epoch if unlabeled_loader else 0.0)
-    dev_indices = {name: load_index(shards / name) for name in cfg.data.dev_splits}
+    dev_indices = {name: indices[name] for name in cfg.data.dev_splits}
     labeled_batches = iter(labeled_loader)
     unlabeled_batches = iter(unlabeled_loader) if unlabeled_loader else None
     log(rt, f"data: {cfg.data.train_split} {epoch_hours[0]:.2f} h an epoch"
@@ -284,8 +307,17 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
     payload = None
 
     # --- the loop ------------------------------------------------------------------------------
-    meter = Meter(rt.device)
-    nonfinite_run = torch.zeros((), device=rt.device)  # consecutive skipped steps, on the device
+    meter = Meter(rt.device, rt.world_size)
+    # skipped (non-finite) steps, counted on the device and read at the logging cadence: the
+    # current run of consecutive ones, the longest run since the last read, and the total
+    nonfinite_run = torch.zeros((), device=rt.device)
+    nonfinite_longest = torch.zeros((), device=rt.device)
+    skipped_total = torch.full((), float(state.skipped_steps), device=rt.device)
+
+    def checkpoint(is_best: bool = False) -> None:
+        state.skipped_steps = int(skipped_total.item())  # exact also between logging steps
+        save(rt, ckpt_dir, cfg, model, teacher, optimizer, state, tokenizer, aug_generator, is_best=is_best)
+
     t_start, step_at_start = time.perf_counter(), state.step
     hours_at_start = state.hours_seen(*epoch_hours)
     next_eval = next_mark(hp.clock.hours_at(state.step), cfg.train.eval_every_hours)
@@ -300,7 +332,7 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
             state.kappa_history.append(kappa_record(state.step, hp))
             log(rt, f"step {state.step}: progressive stage {stage}: accum {hp.accum_steps}, "
                     f"kappa {hp.kappa:g}, lr {hp.lr:.3g}, rho {hp.rho:.6f}")
-        if not state.kappa_history or state.kappa_history[-1]["kappa"] != hp.kappa:
+        if not state.kappa_history or not same_scale(state.kappa_history[-1], hp):
             state.kappa_history.append(kappa_record(state.step, hp))
         apply_hyperparameters(optimizer, hp, lr_at(state.step, hp, cfg))
 
@@ -338,6 +370,8 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         nonfinite_run = (nonfinite_run + 1) * found_inf
+        nonfinite_longest = torch.maximum(nonfinite_longest, nonfinite_run)
+        skipped_total += found_inf
         meter.add_step(grad_norm, found_inf)
         if teacher is not None:  # once per optimizer step, never per micro-batch; held on a skip
             teacher.update(model, torch.where(found_inf > 0, 1.0, hp.rho))
@@ -347,12 +381,13 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
         hours = hp.clock.hours_at(state.step)
         if state.step % cfg.train.log_every_steps == 0 or state.step == stop_step:
             stats = meter.flush()
-            state.skipped_steps += int(stats["skipped"])
-            if nonfinite_run.item() >= cfg.train.max_nonfinite_in_row:
-                save(rt, ckpt_dir, cfg, model, teacher, optimizer, state, tokenizer, aug_generator)
+            longest = int(nonfinite_longest.item())  # a run may have ended since the last read
+            nonfinite_longest.zero_()
+            if longest >= cfg.train.max_nonfinite_in_row:
+                checkpoint()
                 raise RuntimeError(
-                    f"{int(nonfinite_run.item())} optimizer steps in a row had a non-finite loss or "
-                    f"gradient (train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
+                    f"{longest} optimizer steps in a row had a non-finite loss or gradient "
+                    f"(train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
                     f"stopped, state saved in {ckpt_dir / 'last.pt'}")
             elapsed = time.perf_counter() - t_start
             seen = state.hours_seen(*epoch_hours)
@@ -370,19 +405,19 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
             if cfg.train.max_minutes and stop_requested(rt, elapsed / 60 > cfg.train.max_minutes):
                 log(rt, f"wall-clock budget of {cfg.train.max_minutes:g} min spent: stopping")
                 break
-        if hours >= next_eval and state.step < stop_step:
+        is_best = False
+        if reached(hours, next_eval) and state.step < stop_step:
             next_eval = next_mark(hours, cfg.train.eval_every_hours)
-            if evaluate_dev(rt, cfg, model, teacher, features, dev_indices, tokenizer, state, writer,
-                            state.hours_seen(*epoch_hours)):
-                save(rt, ckpt_dir, cfg, model, teacher, optimizer, state, tokenizer, aug_generator, is_best=True)
-        if hours >= next_ckpt and state.step < stop_step:
+            is_best = evaluate_dev(rt, cfg, model, teacher, features, dev_indices, tokenizer, state, writer,
+                                   state.hours_seen(*epoch_hours))
+        if (is_best or reached(hours, next_ckpt)) and state.step < stop_step:  # one save for both
             next_ckpt = next_mark(hours, cfg.train.checkpoint_every_hours)
-            save(rt, ckpt_dir, cfg, model, teacher, optimizer, state, tokenizer, aug_generator)
+            checkpoint(is_best)
 
     # --- the end -------------------------------------------------------------------------------
     is_best = bool(cfg.train.eval_every_hours) and evaluate_dev(
         rt, cfg, model, teacher, features, dev_indices, tokenizer, state, writer, state.hours_seen(*epoch_hours))
-    save(rt, ckpt_dir, cfg, model, teacher, optimizer, state, tokenizer, aug_generator, is_best=is_best)
+    checkpoint(is_best)
     log(rt, f"done: step {state.step}, {state.hours_seen(*epoch_hours):.2f} h of audio seen, "
             f"{state.skipped_steps} skipped steps, {time.perf_counter() - t_start:.0f} s; "
             f"checkpoints in {ckpt_dir}")
@@ -403,6 +438,11 @@ def pl_dropout(cfg: DictConfig) -> tuple[float, float]:
 def kappa_record(step: int, hp: scaling.Derived) -> dict[str, Any]:
     return {"step": step, "kappa": hp.kappa, "world_size": hp.world_size, "accum_steps": hp.accum_steps,
             "lr": hp.lr, "rho": hp.rho}
+
+
+def same_scale(record: dict[str, Any], hp: scaling.Derived) -> bool:
+    """Whether a kappa_history record describes the batch of ``hp`` (kappa, ranks, accumulation)."""
+    return all(record[key] == value for key, value in kappa_record(record["step"], hp).items())
 
 
 def stop_requested(rt: Runtime, local: bool) -> bool:
@@ -476,8 +516,12 @@ def encode_targets(texts: list[str], tokenizer: Tokenizer, device: torch.device
 
 
 class Meter:
-    def __init__(self, device: torch.device) -> None:
+    """Sums of one logging interval; read over all ranks, so that the logged loss of a run on
+    W ranks covers the same micro-batches as one rank accumulating W times as many."""
+
+    def __init__(self, device: torch.device, world_size: int = 1) -> None:
         self.device = device
+        self.world_size = world_size
         self.reset()
 
     def reset(self) -> None:
@@ -512,16 +556,25 @@ class Meter:
         self.pl_words += words
 
     def flush(self) -> dict[str, float]:
-        """Read the sums (the one host sync of a logging interval) and start a new interval."""
-        loss, pl_loss, grad_norm, skipped = torch.stack(
-            [self.loss, self.pl_loss, self.grad_norm, self.skipped]).cpu().tolist()
+        """Read the sums (the one host sync of a logging interval, and one all-reduce over the
+        ranks) and start a new interval. Every rank calls it at the same steps."""
+        reasons = sorted(self.pl_counts)  # the same on every rank: all are in the same phase
+        host = [self.batches, self.pl_batches, self.seconds, self.padded_seconds, self.pl_errors,
+                self.pl_words, *(self.pl_counts[reason] for reason in reasons)]
+        sums = torch.cat([torch.stack([self.loss, self.pl_loss]),
+                          torch.tensor(host, dtype=torch.float64, device=self.device)])
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        # the gradient norm and the skips come from all-reduced gradients: equal on every rank
+        grad_norm, skipped, *values = torch.cat([torch.stack([self.grad_norm, self.skipped]), sums]).tolist()
+        loss, pl_loss, batches, pl_batches, seconds, padded_seconds, pl_errors, pl_words, *counts = values
         stats = {
-            "loss": loss / max(self.batches, 1), "pl_loss": pl_loss / max(self.pl_batches, 1),
+            "loss": loss / max(batches, 1), "pl_loss": pl_loss / max(pl_batches, 1),
             "grad_norm": grad_norm / max(self.steps - skipped, 1), "skipped": skipped,
-            "pl_batches": self.pl_batches,
-            **{f"pl_{reason}": float(n) for reason, n in self.pl_counts.items()},
-            "pl_wer": self.pl_errors / self.pl_words if self.pl_words else float("nan"),
-            "padding_waste": 1 - self.seconds / self.padded_seconds if self.padded_seconds else 0.0,
+            "pl_batches": pl_batches,
+            **{f"pl_{reason}": n for reason, n in zip(reasons, counts, strict=True)},
+            "pl_wer": pl_errors / pl_words if pl_words else float("nan"),
+            "padding_waste": 1 - seconds / padded_seconds if padded_seconds else 0.0,
         }
         self.reset()
         return stats
@@ -648,6 +701,12 @@ def check_compatible(saved: DictConfig, cfg: DictConfig) -> None:
 def next_mark(hours: float, every: float) -> float:
     """The next multiple of ``every`` hours strictly after ``hours`` (inf when disabled)."""
     return (math.floor(hours / every + 1e-9) + 1) * every if every > 0 else float("inf")
+
+
+def reached(hours: float, mark: float) -> bool:
+    """``hours >= mark``, forgiving float noise: 9 steps of 15 s are 0.0375 h, 3 x 0.0125 h a
+    hair more."""
+    return hours >= mark * (1 - 1e-9)
 
 
 def format_seconds(seconds: float) -> str:

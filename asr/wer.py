@@ -67,17 +67,18 @@ from asr.report import (
 )
 from asr.text.normalize import get_normalizer
 
-# Operation codes of an alignment, also its labels in reports.
+# Alignment operations: their labels (public, also in reports) and int8 codes (internal).
 CORRECT, SUBSTITUTION, DELETION, INSERTION = "C", "S", "D", "I"
 _OP_LABELS = (CORRECT, SUBSTITUTION, DELETION, INSERTION)
 _C, _S, _D, _I = 0, 1, 2, 3
 
-_GUESS_TOKENS_PER_ERROR = 4  # first band: an error per 4 tokens of a middle (which starts and
-#                              ends with one); pairs with more errors are redone in a wider band
+# The first band holds paths of up to one error per 4 tokens of a middle (which starts and ends
+# with an error); pairs whose optimum there has more errors are redone in a wider band.
+_GUESS_TOKENS_PER_ERROR = 4
 _ROW_BUDGET = 1 << 17  # lattice cells of one DP row over a batch (keeps the row in cache)
 _MAX_PAIRS = 4096  # pairs a batch
 _LATTICE_BUDGET = 1 << 23  # cells of the stored band lattices of one batch (alignments)
-_TRIM_BUDGET = 1 << 21  # token comparisons of one prefix/suffix pass
+_FIRST_WINDOW = 8  # tokens compared in the first round of the common prefix/suffix scan
 _BOOTSTRAP_DRAWS = 1 << 21  # utterance draws a resampling block
 
 
@@ -275,20 +276,24 @@ class _Pairs:
 
     def _equal_run(self, r_from: np.ndarray, h_from: np.ndarray, step: int,
                    limit: np.ndarray) -> np.ndarray:
-        """How many tokens are equal walking from r_from/h_from by ``step``, up to ``limit``."""
-        run = limit.copy()
-        for lo, hi in _blocks(limit, _TRIM_BUDGET):
-            lim = limit[lo:hi]
-            total = int(lim.sum())
-            if total == 0:
-                continue
-            pair = np.repeat(np.arange(lo, hi), lim)
-            pos = np.arange(total) - np.repeat(np.cumsum(lim) - lim, lim)
-            differ = np.flatnonzero(self.ref_ids[r_from[pair] + step * pos]
-                                    != self.hyp_ids[h_from[pair] + step * pos])
-            if len(differ):
-                first = differ[np.r_[True, pair[differ[1:]] != pair[differ[:-1]]]]
-                run[pair[first]] = pos[first]
+        """How many tokens are equal walking from r_from/h_from by ``step``, up to ``limit``.
+
+        Compares a window of positions a round, for the pairs still running, doubling the
+        window: the work follows the runs' lengths, not the sequences' lengths.
+        """
+        run = np.zeros_like(limit)
+        active = np.flatnonzero(limit > 0)
+        window = _FIRST_WINDOW
+        while len(active):
+            pos = run[active, None] + np.arange(window)
+            inside = pos < limit[active, None]
+            pos = np.where(inside, pos, 0)
+            equal = inside & (self.ref_ids[r_from[active, None] + step * pos]
+                              == self.hyp_ids[h_from[active, None] + step * pos])
+            equal_all = equal.all(axis=1)
+            run[active] += np.where(equal_all, window, equal.argmin(axis=1))
+            active = active[equal_all]
+            window *= 2
         return run
 
     def exact_band_costs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -344,17 +349,6 @@ class _Pairs:
                 stop = start + max(1, (stop - start) // 2)
             yield _BandBatch.build(self, chunk, max_errors[chunk], width)
             start = stop
-
-
-def _blocks(sizes: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
-    """Consecutive index ranges whose sizes sum to at most ``budget`` (or one item)."""
-    ends = np.cumsum(sizes)
-    lo = 0
-    while lo < len(sizes):
-        base = ends[lo - 1] if lo else 0
-        hi = max(lo + 1, int(np.searchsorted(ends, base + budget, side="right")))
-        yield lo, hi
-        lo = hi
 
 
 def _padded_columns(ids: np.ndarray, start: np.ndarray, length: np.ndarray, height: int,
@@ -416,8 +410,7 @@ class _BandBatch:
         rows = weight
         # Cells with j < 0 start at ``big`` and only grow, by at most ``weight`` a row.
         big = weight * (rows + self.hyp.shape[0] + 2 * width)
-        bound = big + weight * (rows + 2 * width)
-        dtype = next(t for t in (np.int16, np.int32, np.int64) if bound <= np.iinfo(t).max)
+        dtype = np.int32 if big + weight * (rows + 2 * width) < 2**31 else np.int64
         column_j = np.arange(width)[:, None] - self.below  # j of each cell of row 0
         prev = np.where(column_j >= 0, weight * column_j, big).astype(dtype)  # j insertions
         lattice = np.empty((rows, width, pairs), dtype=dtype) if keep else None
@@ -774,8 +767,10 @@ def score_files(ref: Path, hyp: Path, *, fmt: str = "auto", compare: Path | None
     hypothesis ids are also reported on stderr. With ``compare``, a second hypothesis file is
     scored and tested against the first with the paired bootstrap. Returns the summary.
     """
-    name = name or hyp.stem
+    name = name or str(hyp)
     refs = read_transcripts(ref, fmt)
+    if not refs:
+        raise ValueError(f"{ref}: no reference transcripts")
     score = score_corpus(refs, read_transcripts(hyp, fmt), normalize=normalize, seed=seed)
     summary = {"name": name, **score.summary()}
     if compare is not None:
@@ -795,10 +790,10 @@ def score_files(ref: Path, hyp: Path, *, fmt: str = "auto", compare: Path | None
     return summary
 
 
-def _text_summary(summary: dict[str, Any], ref: Path, hyp: Path, out_dir: Path | None) -> str:
-    ci = summary["wer_ci95"]
+def _text_summary(s: dict[str, Any], ref: Path, hyp: Path, out_dir: Path | None) -> str:
+    """A few lines for people; ``s`` is the summary dict that ``--json`` prints."""
+    ci = s["wer_ci95"]
     ci_text = "" if ci is None else f" [{format_rate(ci[0])}, {format_rate(ci[1])}] 95% CI"
-    s = summary
     lines = [
         f"{hyp} vs {ref}: {s['n_utterances']} utterances, normalize={s['normalize']}",
         f"WER {format_rate(s['wer'])}%{ci_text}  (S {s['substitutions']}, D {s['deletions']}, "

@@ -36,7 +36,7 @@ def librispeech_like_lengths(rng: np.random.Generator, total_seconds: float) -> 
     durations: list[float] = []
     while True:
         d = float(np.clip(rng.normal(13.2, 2.6) if rng.random() < 0.85 else rng.uniform(1.0, 24.5), 1.0, 24.5))
-        longest = max(durations + [d])
+        longest = max([*durations, d])
         if longest * (len(durations) + 1) > total_seconds:
             return durations or [d]
         durations.append(d)

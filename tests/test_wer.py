@@ -162,6 +162,9 @@ def test_sclite_costs_never_give_fewer_errors_and_agree_when_equally_many():
     (["A"], ["B"]),
     (["ÉCOLE", "NAÏVE", "日本語"], ["ECOLE", "NAÏVE", "日本"]),
     (["Ⅻ", "ß", "🙂"], ["🙂", "Ⅻ"]),
+    (["A"] * 300 + ["B"], ["B"]),
+    (["B"], ["A"] * 300 + ["B"]),
+    (["A", "B"] * 150, ["B", "A"] * 150),
 ])
 def test_edge_pairs_agree_with_kaldialign(ref, hyp):
     expected = kaldialign.edit_distance(ref, hyp)

@@ -224,7 +224,11 @@ class BatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         stream = MicroBatchStream(self.index, self.planner, self.start, rank=self.rank,
                                   world_size=self.world_size)
+        # a generator of its own: DataLoader would otherwise draw its worker seed from the
+        # global RNG, so opening a stream would shift the trainer's dropout stream (the stream
+        # itself is deterministic and never uses the worker seed)
         loader = DataLoader(stream, batch_size=None, collate_fn=_already_collated,
                             num_workers=self.num_workers, pin_memory=self.pin_memory,
-                            prefetch_factor=self.prefetch_factor if self.num_workers else None)
+                            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+                            generator=torch.Generator())
         return iter(loader)

@@ -13,6 +13,10 @@ Preparing a corpus must not stop on one bad file in 281k: every bad entry is ski
 with its reason on stderr and in ``<split>.summary.json``. Only headers are read
 (``soundfile.info``); audio is decoded only to resample it (``resample=True``), and the
 resampled FLAC goes to ``<out>/resampled/<split>/`` with the manifest pointing there.
+
+Prepared splits can be combined into one (``--combine train-860=train-clean-360+train-other-500``):
+the semi-supervised setup pools the 860 h that are used without their transcripts into one
+unlabeled split, so shards, sampler and trainer see a single split.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -311,8 +315,10 @@ def prepare_corpus(
     sample_rate: int = 16000,
     resample: bool = False,
     jobs: int = 0,
+    combine: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, SplitSummary]:
-    """Manifests for the splits of a LibriSpeech folder (default: every split found)."""
+    """Manifests for the splits of a LibriSpeech folder (default: every split found), then one
+    per ``combine`` entry (name -> parts: splits prepared now or before, see :func:`combine_manifests`)."""
     root = find_librispeech_root(corpus)
     found = find_splits(root)
     wanted = list(splits) if splits else found
@@ -324,14 +330,74 @@ def prepare_corpus(
                                 f"found: {', '.join(found) or 'none'}")
     if sample_rate <= 0:
         raise ValueError(f"--sample-rate must be a positive rate in Hz, got {sample_rate}")
+    manifest_dir = Path(out) / "manifests"
+    prepared = [p.name.removesuffix(".jsonl") for p in manifest_dir.glob("*.jsonl")]
+    for name, parts in (combine or {}).items():  # a typo fails now, not after hours of preparing
+        check_combine(name, parts, available=[*wanted, *prepared], where=manifest_dir)
+        if name in wanted:
+            raise ValueError(f"--combine {name}: a split of that name is being prepared from {root}")
     held_out_dirs = [Path(corpus) / "held-out", root.parent / "held-out"]
     summaries = {}
     for split in wanted:
         held_out = next((d / f"{split}.txt" for d in held_out_dirs if (d / f"{split}.txt").is_file()), None)
         summaries[split] = prepare_split(root / split, Path(out), held_out=held_out,
                                          sample_rate=sample_rate, resample=resample, jobs=jobs)
+    for name, parts in (combine or {}).items():
+        summaries[name] = combine_manifests(manifest_dir, name, parts)
     print(format_summary(summaries.values()))
     return summaries
+
+
+# ---------------------------------------------------------------------------------------------
+# Combining prepared splits
+
+
+def combine_manifests(manifest_dir: str | Path, name: str, splits: Sequence[str]) -> SplitSummary:
+    """Write ``<manifest_dir>/<name>.jsonl``: the lines of the prepared ``<split>.jsonl`` of each
+    split, sorted by id, and its summary.
+
+    Lines are copied verbatim (the shard writer hashes them), so a combined split shards exactly
+    like its parts. An id found in two parts fails, naming both: the parts would otherwise
+    disagree about the utterance.
+    """
+    manifest_dir = Path(manifest_dir)
+    check_combine(name, splits, available=[p.name.removesuffix(".jsonl") for p in manifest_dir.glob("*.jsonl")],
+                  where=manifest_dir)
+
+    first_split: dict[str, str] = {}
+    rows: list[tuple[str, str]] = []  # (id, raw line)
+    summary = SplitSummary(name, labeled=True)
+    for split in splits:
+        for line, entry in read_manifest_lines(manifest_dir / f"{split}.jsonl"):
+            utt_id = entry["id"]
+            if utt_id in first_split:
+                raise ValueError(f"--combine {name}: utterance {utt_id} is in both {first_split[utt_id]} "
+                                 f"and {split}")
+            first_split[utt_id] = split
+            rows.append((utt_id, line))
+            summary.utterances += 1
+            summary.seconds += float(entry["duration"])
+            summary.labeled &= bool(entry["text"])
+    rows.sort()
+    write_atomic(manifest_dir / f"{name}.jsonl", "".join(line + "\n" for _, line in rows))
+    write_atomic(manifest_dir / f"{name}.summary.json",
+                 json.dumps(summary.to_json() | {"combined_from": list(splits)}, indent=1) + "\n")
+    return summary
+
+
+def check_combine(name: str, splits: Sequence[str], available: Iterable[str], where: Path) -> None:
+    """Reject a combination that cannot be written, before any work: a name that is not a plain
+    file name or is one of its parts, fewer than two distinct parts, a part not ``available``."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"--combine: split name {name!r} must be a plain, non-empty file name")
+    if len(splits) < 2 or len(set(splits)) != len(splits):
+        raise ValueError(f"--combine {name}: expected two or more distinct splits, got {'+'.join(splits)}")
+    if name in splits:
+        raise ValueError(f"--combine {name}: the combined split cannot also be one of its parts")
+    missing = sorted(set(splits) - set(available))
+    if missing:
+        raise FileNotFoundError(f"--combine {name}: no manifest of {', '.join(missing)} in {where} "
+                                f"(prepare it in this or an earlier `asr prepare`)")
 
 
 def format_summary(summaries: Iterable[SplitSummary]) -> str:

@@ -1,0 +1,294 @@
+"""The recipes end to end at toy size, `asr prepare --combine`, and the shipped experiment configs.
+
+The recipes run as a user runs them (bash, from the repository root); training is a ~10k-parameter
+model for a few steps on a CPU, so each test checks plumbing and contracts, not accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.cli import main
+from asr.config import load_config
+from asr.data.manifest import combine_manifests, prepare_corpus, read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRISPEECH_MINI = REPO.parent / "shared" / "librispeech-mini"
+LIBRISPEECH = "recipes/librispeech/run.sh"
+EMA_SCALING = "recipes/ema_scaling/run.sh"
+RECIPES = [LIBRISPEECH, EMA_SCALING]
+
+STEP_SECONDS = 15.0  # padded audio of one optimizer step at kappa = 1
+
+
+def _hours(steps: float) -> float:
+    return steps * STEP_SECONDS / 3600
+
+
+# A ~10k-parameter model, kappa = 1 at one 15 s micro-batch: supervised for 2 steps, then
+# pseudo-labels up to step 4; dev WER at the end of each run only.
+TOY = [
+    "model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.ffn_dim=64",
+    "model.pos_conv_kernel=8", "model.pos_conv_groups=4", "model.conv_module=false", "model.layerdrop=0",
+    f"data.max_batch_seconds={STEP_SECONDS}", f"data.max_duration={STEP_SECONDS}", "data.num_buckets=2",
+    "data.num_workers=0", f"scaling.reference_seconds={STEP_SECONDS}", "ema.rho=0.9",
+    f"schedule.total_hours={_hours(4)}", f"schedule.warmup_hours={_hours(1)}",
+    f"schedule.decay_start_hours={_hours(2)}", f"pl.start_hours={_hours(2)}", "specaug.start_hours=0",
+    "train.device=cpu", "train.log_every_steps=1", "train.eval_every_hours=1.0",
+    f"train.checkpoint_every_hours={_hours(2)}", "eval.batch_seconds=60",
+]
+
+
+def _recipe(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", script, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _metrics(exp_dir: Path, kind: str) -> list[dict]:
+    rows = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if row["kind"] == kind]
+
+
+def _table(markdown: str) -> dict[str, list[str]]:
+    """A markdown table as {first cell: other cells}, the header row under "system"."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()
+            if line.startswith("|") and not line.startswith("| ---")]
+    return {cells[0]: cells[1:] for cells in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# The scripts themselves
+
+
+@pytest.mark.parametrize("script", RECIPES)
+def test_recipe_is_valid_bash_and_passes_shellcheck(script):
+    assert subprocess.run(["bash", "-n", script], cwd=REPO).returncode == 0
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (apt-get install shellcheck)")
+    result = subprocess.run(["shellcheck", script], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("script, stages", [
+    (LIBRISPEECH, ["0 download", "1 manifests", "2 tar shards", "3 letter tokenizer", "4 train",
+                   "5 evaluate", "6 the WER table"]),
+    (EMA_SCALING, ["0 synthesize", "1 manifests", "2 shards", "3 tokenizer", "4 supervised warm start",
+                   "5 pseudo-labeled continuation", "6 evaluate", "7 curves", "8 the table"]),
+])
+def test_help_lists_every_stage_and_option(script, stages):
+    result = _ok(_recipe(script, "--help"))
+    assert all(f"  {stage}" in result.stdout for stage in stages)
+    assert "--stage N --stop-stage N" in result.stdout and "set -euo" not in result.stdout
+
+
+@pytest.mark.parametrize("script, args, message", [
+    (LIBRISPEECH, ["--bogus"], "unknown option: --bogus"),
+    (LIBRISPEECH, ["--stage", "4", "--nnodes", "2"], "--nnodes 2 needs --rdzv-endpoint"),
+    (EMA_SCALING, ["--size", "huge"], "--size: expected tiny, demo or gpu"),
+    (EMA_SCALING, ["--kappas", "1 0.5"], "--kappas: expected positive integers, got '0.5'"),
+    (EMA_SCALING, ["--stage", "4", "--kappas", "3", "--nproc", "2"], "kappa 3: 3 reference processes"),
+])
+def test_bad_options_stop_before_any_work(tmp_path, script, args, message):
+    result = _recipe(script, "--exp", str(tmp_path / "exp"), *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "exp" / "data").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes/librispeech
+
+
+def test_download_refuses_an_archive_with_the_wrong_md5(tmp_path):
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "dev-clean.tar.gz").write_bytes(b"not the LibriSpeech archive")
+    corpus = tmp_path / "corpus"
+    result = _recipe(LIBRISPEECH, "--stop-stage", "0", "--exp", str(tmp_path / "exp"), "--corpus", str(corpus),
+                     "--mirror", mirror.as_uri(), "--parts", "dev-clean")
+    assert result.returncode == 1
+    assert f"{corpus}/dev-clean.tar.gz: md5 mismatch (expected 42e2234ba48799c1f50f24a7926300a1)" in result.stderr
+    assert sorted(p.name for p in corpus.iterdir()) == []  # the bad archive is gone, nothing unpacked
+    assert not (tmp_path / "exp" / ".done.0").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LIBRISPEECH_MINI.is_dir(), reason=f"{LIBRISPEECH_MINI} not found (real LibriSpeech sample)")
+def test_librispeech_recipe_runs_every_stage_on_librispeech_mini(tmp_path):
+    """librispeech-mini has only dev-clean, test-clean and test-other: train on dev-clean, pool the
+    two test splits into one unlabeled split with --combine, evaluate on all three."""
+    exp = tmp_path / "exp"
+    args = ["--exp", str(exp), "--corpus", str(LIBRISPEECH_MINI), "--parts", "dev-clean test-clean test-other",
+            "--combine", "pool=test-clean+test-other", "--train-split", "dev-clean", "--unlabeled-split", "pool",
+            "--dev-splits", "dev-clean", "--test-splits", "test-clean test-other", *TOY]
+    result = _ok(_recipe(LIBRISPEECH, *args))
+    assert "dev-clean: present" in result.stdout and not (exp / "corpus").exists()  # stage 0: nothing to fetch
+    assert sorted(p.name for p in exp.glob(".done.*")) == [f".done.{n}" for n in range(7)]
+
+    pool = read_manifest(exp / "data" / "manifests" / "pool.jsonl")
+    assert len(pool) == 5 + 101 and [e["id"] for e in pool] == sorted(e["id"] for e in pool)
+    assert sorted(p.name for p in (exp / "data" / "shards").iterdir()) == ["dev-clean", "pool", "test-clean",
+                                                                           "test-other"]
+    resolved = load_config(exp / "train" / "config.yaml")
+    assert (resolved.data.train_split, resolved.data.unlabeled_split, list(resolved.data.dev_splits)) == (
+        "dev-clean", "pool", ["dev-clean"])
+    assert resolved.model.num_layers == 1  # the key=value overrides reached asr train
+    assert "teacher/dev-clean" in _metrics(exp / "train", "dev_wer")[-1]
+
+    table = _table((exp / "RESULTS.md").read_text())
+    assert table["system"] == ["dev-clean WER %", "test-clean WER %", "test-other WER %"]
+    assert set(table) == {"system", "student", "EMA teacher"}
+    assert all(float(cell) >= 0 for row in ("student", "EMA teacher") for cell in table[row])
+
+    again = _ok(_recipe(LIBRISPEECH, *args))  # every stage is done: nothing runs twice
+    assert "Stage" not in again.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes/ema_scaling
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("espeak-ng", "sox")),
+                    reason="the synthetic corpus needs espeak-ng and sox (recipes/setup.sh)")
+def test_ema_scaling_sweep_scales_rho_only_under_the_ema_rule(tmp_path):
+    exp = tmp_path / "exp"
+    _ok(_recipe(EMA_SCALING, "--size", "tiny", "--exp", str(exp), "--kappas", "1 2", *TOY))
+    runs = exp / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "kappa1-power", "kappa1-warm", "kappa2-none", "kappa2-power", "kappa2-warm"]
+
+    # the warm start of each kappa stops at the pseudo-label start: 2 steps at kappa 1, 1 at kappa 2
+    assert [_metrics(runs / f"kappa{k}-warm", "train")[-1]["step"] for k in (1, 2)] == [2, 1]
+    for name, kappa, rho in [("kappa1-power", 1, 0.9), ("kappa2-power", 2, 0.81), ("kappa2-none", 2, 0.9)]:
+        rows = _metrics(runs / name, "train")
+        assert {row["kappa"] for row in rows} == {kappa}
+        assert rows and all(row["rho"] == pytest.approx(rho) for row in rows)  # a teacher from the first step
+        assert rows[-1]["step"] == 4 // kappa
+
+    names = ["kappa 1, reference", "kappa 2, rho^kappa", "kappa 2, rho unscaled"]
+    with open(exp / "ema_scaling.csv", newline="") as f:
+        plotted = {(row["run"], row["series"]) for row in csv.DictReader(f)}
+    assert {(name, series) for name in names for series in ("loss", "student/dev-clean")} <= plotted
+    assert (exp / "ema_scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+    table = _table((exp / "RESULTS.md").read_text())
+    assert table["system"] == ["dev-clean WER %", "dev-other WER %"]
+    assert list(table)[1:] == [f"{name} ({weights})" for name in names for weights in ("student", "teacher")]
+
+
+# ---------------------------------------------------------------------------------------------
+# asr prepare --combine
+
+
+def _split(root: Path, split: str, ids: list[str], text: str = "A WORD") -> None:
+    for utt_id in ids:
+        speaker, chapter, _ = utt_id.split("-")
+        folder = root / "LibriSpeech" / split / speaker / chapter
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"{utt_id}.flac", np.zeros(1600, dtype=np.float32), 16000)
+        with open(folder / f"{speaker}-{chapter}.trans.txt", "a") as f:
+            f.write(f"{utt_id} {text}\n")
+
+
+@pytest.fixture
+def two_parts(tmp_path) -> Path:
+    """A corpus of two small labeled splits whose ids interleave."""
+    corpus = tmp_path / "corpus"
+    _split(corpus, "clean", ["1-10-0000", "3-30-0000", "3-30-0001"], text="CLEAN")
+    _split(corpus, "other", ["2-20-0000", "4-40-0000"], text="OTHER")
+    return corpus
+
+
+def test_combine_writes_the_parts_lines_sorted_by_id(two_parts, tmp_path):
+    out = tmp_path / "out"
+    assert main(["prepare", "--corpus", str(two_parts), "--out", str(out), "--jobs", "1",
+                 "--combine", "both=clean+other"]) == 0
+    manifests = out / "manifests"
+    combined = (manifests / "both.jsonl").read_text().splitlines()
+    parts = (manifests / "clean.jsonl").read_text().splitlines() + (manifests / "other.jsonl").read_text().splitlines()
+    assert sorted(combined) == sorted(parts)  # the lines verbatim
+    assert [json.loads(line)["id"] for line in combined] == [
+        "1-10-0000", "2-20-0000", "3-30-0000", "3-30-0001", "4-40-0000"]
+    summary = json.loads((manifests / "both.summary.json").read_text())
+    assert (summary["utterances"], summary["combined_from"]) == (5, ["clean", "other"])
+    assert summary["hours"] == pytest.approx(sum(e["duration"] for e in read_manifest(manifests / "both.jsonl")) / 3600)
+
+
+def test_combine_reuses_splits_prepared_by_an_earlier_run(two_parts, tmp_path):
+    out = tmp_path / "out"
+    prepare_corpus(two_parts, out, splits=["clean", "other"], jobs=1)
+    (two_parts / "LibriSpeech" / "clean").rename(tmp_path / "moved")  # only its manifest is left
+    summaries = prepare_corpus(two_parts, out, splits=["other"], jobs=1, combine={"both": ["clean", "other"]})
+    assert summaries["both"].utterances == 5
+
+
+def test_combine_fails_on_an_id_in_two_parts_naming_both(two_parts, tmp_path):
+    _split(two_parts, "again", ["3-30-0001", "5-50-0000"])
+    out = tmp_path / "out"
+    prepare_corpus(two_parts, out, jobs=1)
+    with pytest.raises(ValueError, match="utterance 3-30-0001 is in both clean and again"):
+        combine_manifests(out / "manifests", "all", ["other", "clean", "again"])
+    assert not (out / "manifests" / "all.jsonl").exists()
+
+
+@pytest.mark.parametrize("combine, message", [
+    ("both=clean+missing", "no manifest of missing"),
+    ("both=clean", "two or more distinct splits"),
+    ("both=clean+clean", "two or more distinct splits"),
+    ("clean=clean+other", "cannot also be one of its parts"),
+    ("other=clean+clean2", "a split of that name is being prepared"),
+])
+def test_bad_combination_fails_before_preparing_anything(two_parts, tmp_path, combine, message, capsys):
+    _split(two_parts, "clean2", ["6-60-0000"])
+    out = tmp_path / "out"
+    assert main(["prepare", "--corpus", str(two_parts), "--out", str(out), "--combine", combine]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("spec", ["both", "=a+b", "both=a+", "both=+b"])
+def test_malformed_combine_spec_is_rejected_by_the_parser(two_parts, tmp_path, spec, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "--corpus", str(two_parts), "--out", str(tmp_path), "--combine", spec])
+    assert exit_info.value.code == 2 and "NAME=SPLIT+SPLIT" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped experiment configs
+
+
+def test_synth_base_is_base_with_its_own_experiment_folder():
+    base = load_config(REPO / "configs" / "base.yaml")
+    synth = load_config(REPO / "configs" / "synth_base.yaml")
+    differing = [f"{section}.{key}" for section in base for key in base[section]
+                 if base[section][key] != synth[section][key]]
+    assert differing == ["train.exp_dir"]
+
+
+def test_paper_config_is_the_semi_supervised_librispeech_setup():
+    cfg = load_config(REPO / "configs" / "librispeech_paper.yaml")
+    assert (cfg.data.train_split, cfg.data.unlabeled_split, cfg.tokenizer.kind) == (
+        "train-clean-100", "train-860", "letters")
+    assert (cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads, cfg.model.ffn_dim) == (36, 768, 4, 3072)
+    assert (cfg.optim.name, cfg.scaling.optimizer_rule, cfg.scaling.ema_rule) == ("adam", "auto", "power")
+    assert cfg.specaug.policy != "none" and cfg.pl.enabled and cfg.ema.start == "pl_start"
+    # schedules in hours of audio: warm-up < pseudo-label start < total
+    assert 0 < cfg.schedule.warmup_hours < cfg.pl.start_hours < cfg.schedule.total_hours

@@ -276,11 +276,10 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
     if teacher is not None and cfg.pl.enabled and state.step >= hp.steps.pl_start:
         model.set_dropout(*pl_dropout(cfg))
 
-    student = model
+    # compile first, then DDP (keeps no_sync); checkpoints always save the bare `model`
+    student = torch.compile(model, dynamic=True) if cfg.train.compile else model
     if rt.world_size > 1:  # LayerDrop leaves parameters without gradients on some steps
-        student = DDP(model, find_unused_parameters=max(cfg.model.layerdrop, cfg.pl.layerdrop or 0) > 0)
-    if cfg.train.compile:
-        student = torch.compile(student)
+        student = DDP(student, find_unused_parameters=max(cfg.model.layerdrop, cfg.pl.layerdrop or 0) > 0)
 
     # --- data ----------------------------------------------------------------------------------
     loader_args = {"rank": rt.rank, "world_size": rt.world_size, "pin_memory": rt.device.type == "cuda"}
@@ -381,14 +380,6 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
         hours = hp.clock.hours_at(state.step)
         if state.step % cfg.train.log_every_steps == 0 or state.step == stop_step:
             stats = meter.flush()
-            longest = int(nonfinite_longest.item())  # a run may have ended since the last read
-            nonfinite_longest.zero_()
-            if longest >= cfg.train.max_nonfinite_in_row:
-                checkpoint()
-                raise RuntimeError(
-                    f"{longest} optimizer steps in a row had a non-finite loss or gradient "
-                    f"(train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
-                    f"stopped, state saved in {ckpt_dir / 'last.pt'}")
             elapsed = time.perf_counter() - t_start
             seen = state.hours_seen(*epoch_hours)
             rate = (seen - hours_at_start) / max(elapsed / 3600, 1e-9)
@@ -402,6 +393,16 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
                 writer.write("train", state.step, seen, {
                     **stats, "lr": optimizer.param_groups[0]["lr"], "kappa": hp.kappa,
                     "rho": hp.rho if teacher is not None else float("nan"), "audio_hours_per_hour": rate})
+            longest = int(nonfinite_longest.item())  # a run may have ended since the last read
+            nonfinite_longest.zero_()
+            if longest >= cfg.train.max_nonfinite_in_row:
+                checkpoint()
+                if writer is not None:
+                    writer.close()
+                raise RuntimeError(
+                    f"{longest} optimizer steps in a row had a non-finite loss or gradient "
+                    f"(train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
+                    f"stopped, state saved in {ckpt_dir / 'last.pt'}")
             if cfg.train.max_minutes and stop_requested(rt, elapsed / 60 > cfg.train.max_minutes):
                 log(rt, f"wall-clock budget of {cfg.train.max_minutes:g} min spent: stopping")
                 break
@@ -424,6 +425,11 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
     if writer is not None:
         writer.close()
     if rt.world_size > 1:
+        # DDP's reducer holds the process group: drop it first, so that destroy_process_group
+        # frees the group (with the GIL released). Freed by the reducer, with the GIL held, a
+        # gloo group waits for its worker thread, which may need the GIL to free a finished
+        # collective's tensors: a deadlock at exit, seen about once in twenty runs.
+        del student
         dist.barrier()
         dist.destroy_process_group()
     return 0

@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student (as train.compile=true)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -68,6 +69,7 @@ def main() -> None:
     hp = derive(cfg, world_size=1)
     optimizer = build_optimizer(cfg.optim.name, list(model.parameters()), hp, device)
     teacher = EMATeacher(model)
+    student = torch.compile(model, dynamic=True) if args.compile else model
     rng = np.random.default_rng(0)
     sr = cfg.features.sample_rate
 
@@ -86,7 +88,7 @@ def main() -> None:
             feats, feat_lengths = features(waves, lengths)
             feats = specaug(feats, feat_lengths)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            log_probs, out_lengths = model(feats, feat_lengths)
+            log_probs, out_lengths = student(feats, feat_lengths)
         keep = torch.ones_like(out_lengths, dtype=torch.bool)
         loss = ctc_loss(log_probs, out_lengths, targets, target_lengths, keep)
         loss.backward()
@@ -119,7 +121,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print("| config | device | params (M) | batch (s) | step (ms) | x real time | model TFLOP/s | MFU | peak mem (GiB) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| {args.config} {' '.join(args.overrides)} | {name} | {params / 1e6:.1f} | {cfg.data.max_batch_seconds:g} | "
+    mode = " (compiled)" if args.compile else ""
+    print(f"| {args.config}{mode} {' '.join(args.overrides)} | {name} | {params / 1e6:.1f} | {cfg.data.max_batch_seconds:g} | "
           f"{1000 * seconds / args.steps:.1f} | {audio / seconds:.0f} | {tflops:.1f} | "
           f"{100 * tflops / args.peak_tflops:.1f}% | {peak:.1f} |", flush=True)
 

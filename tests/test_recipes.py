@@ -165,6 +165,13 @@ def test_librispeech_recipe_runs_every_stage_on_librispeech_mini(tmp_path):
 # recipes/ema_scaling
 
 
+def test_ema_scaling_on_prepared_data_skips_the_synthetic_data_stages(tmp_path):
+    prepared = tmp_path / "librispeech-data"
+    prepared.mkdir()
+    result = _ok(_recipe(EMA_SCALING, "--exp", str(tmp_path / "exp"), "--data", str(prepared), "--stop-stage", "3"))
+    assert "Stage" not in result.stdout and list(prepared.iterdir()) == []
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("espeak-ng", "sox")),
                     reason="the synthetic corpus needs espeak-ng and sox (recipes/setup.sh)")

@@ -54,25 +54,18 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # Exact resume
 
 
-@pytest.mark.parametrize("num_workers", [0, 1], ids=["in-process", "1-worker"])
-def test_resume_after_interruption_is_bit_exact(make_config, num_workers):
-    """Stopped at step 5 (inside the pseudo-label phase, with SpecAugment, dropout and a dev
-    evaluation every 2 steps) and resumed, a run logs the same losses bit for bit as one that
-    never stopped, and ends with the same student, teacher and optimizer."""
-    common = [f"data.num_workers={num_workers}", f"train.eval_every_hours={hours(2)}",
-              "model.dropout=0.1", "specaug.policy=LD"]
-    whole = make_config("whole", *common)
+def interrupt_and_resume(make_config, stop_step: int, *overrides: str) -> tuple[dict, dict]:
+    """Train once straight through and once stopped after ``stop_step`` steps and resumed;
+    return both runs' last checkpoints, having checked that they logged the same rows."""
+    whole = make_config("whole", *overrides)
     train(whole)
-    part = make_config("part", *common, f"train.stop_hours={hours(5)}")
+    part = make_config("part", *overrides, f"train.stop_hours={hours(stop_step)}")
     train(part)
-    stopped = load_checkpoint(Path(part.train.exp_dir) / "checkpoints" / "last.pt")
-    assert stopped["train_state"]["step"] == 5
-    assert stopped["teacher"] is not None  # the pseudo-label phase began at step 3
-    train(make_config("part", *common))
+    assert load_checkpoint(Path(part.train.exp_dir) / "checkpoints" / "last.pt")["train_state"]["step"] == stop_step
+    train(make_config("part", *overrides))
 
     expected, got = train_rows(Path(whole.train.exp_dir)), train_rows(Path(part.train.exp_dir))
-    assert [row["step"] for row in got] == list(range(1, 11))
-    assert any(row["pl_batches"] for row in got[5:])
+    assert [row["step"] for row in got] == [row["step"] for row in expected]
     assert got == expected
     a = load_checkpoint(Path(whole.train.exp_dir) / "checkpoints" / "last.pt")
     b = load_checkpoint(Path(part.train.exp_dir) / "checkpoints" / "last.pt")
@@ -82,6 +75,27 @@ def test_resume_after_interruption_is_bit_exact(make_config, num_workers):
         assert a["train_state"][key] == b["train_state"][key], key
     for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert_same_tensors(state_a, state_b)
+    return a, b
+
+
+@pytest.mark.parametrize("num_workers", [0, 1], ids=["in-process", "1-worker"])
+def test_resume_after_interruption_is_bit_exact(make_config, num_workers):
+    """Stopped at step 5 (inside the pseudo-label phase, with SpecAugment, dropout and a dev
+    evaluation every 2 steps) and resumed, a run logs the same losses bit for bit as one that
+    never stopped, and ends with the same student, teacher and optimizer."""
+    whole, _ = interrupt_and_resume(make_config, 5, f"data.num_workers={num_workers}", "model.dropout=0.1",
+                                    "specaug.policy=LD", f"train.eval_every_hours={hours(2)}")
+    assert whole["train_state"]["step"] == 10
+    assert whole["train_state"]["unlabeled"]["batches"] > 0  # the pseudo-label phase began at step 3
+
+
+def test_resume_inside_a_later_progressive_stage_is_bit_exact(make_config):
+    """Stage 2 (accum 2 from the 60 s mark: step 4) is under way at the stop: the resumed run
+    continues at its kappa, and does not rescale the optimizer state a second time."""
+    whole, _ = interrupt_and_resume(
+        make_config, 5, f"scaling.progressive=[{{hours: 0, accum_steps: 1}}, {{hours: {hours(4)}, accum_steps: 2}}]")
+    assert [(r["step"], r["kappa"]) for r in whole["train_state"]["kappa_history"]] == [(0, 1.0), (4, 2.0)]
+    assert whole["train_state"]["step"] == 7  # 4 steps of 15 s, then 3 of 30 s: 150 s >= 0.0417 h
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,6 +201,7 @@ def test_too_many_nonfinite_steps_in_a_row_stop_the_run_with_a_checkpoint(make_c
         train(cfg)
     last = load_checkpoint(Path(cfg.train.exp_dir) / "checkpoints" / "last.pt")
     assert (last["train_state"]["step"], last["train_state"]["skipped_steps"]) == (8, 3)
+    assert [(row["step"], row["skipped"]) for row in train_rows(Path(cfg.train.exp_dir))] == [(4, 0), (8, 3)]
     for name, tensor in last["student"].items():
         assert torch.isfinite(tensor).all(), name
 

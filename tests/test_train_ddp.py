@@ -12,6 +12,7 @@ import datetime
 import importlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -62,13 +63,20 @@ def _rank_main(rank: int, world_size: int, cfg: dict, init_file: str, out_dir: s
         reads.close()
 
 
-def run_ranks(cfg, world_size: int, out_dir: Path) -> None:
-    """Train ``cfg`` on ``world_size`` forked ranks; an exception on any rank fails the test."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    init_file = out_dir / f"init-{len(list(out_dir.glob('init-*')))}"
-    init_file.touch()
-    mp.start_processes(_rank_main, args=(world_size, OmegaConf.to_container(cfg), str(init_file), str(out_dir)),
-                       nprocs=world_size, join=True, start_method="fork")
+def run_ranks(cfg, world_size: int, out_dir: Path, timeout_s: float = 120.0) -> None:
+    """Train ``cfg`` on ``world_size`` forked ranks, recording into ``out_dir`` (a new folder
+    per run: it also holds the group's rendezvous file). An exception on any rank fails the
+    test, and so does a rank still running after ``timeout_s`` (a hang), which is killed."""
+    out_dir.mkdir(parents=True)
+    ranks = mp.start_processes(_rank_main, args=(world_size, OmegaConf.to_container(cfg), str(out_dir / "rendezvous"),
+                                                 str(out_dir)), nprocs=world_size, join=False, start_method="fork")
+    deadline = time.monotonic() + timeout_s
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                if process.is_alive():
+                    process.kill()
+            pytest.fail(f"{world_size} rank(s) still running after {timeout_s:g} s: a hang")
 
 
 def final_weights(out_dir: Path, world_size: int, rank: int) -> dict:

@@ -9,7 +9,7 @@
 #   recipes/ema_scaling/run.sh --kappas "1 4" optim.lr=1e-3   # other kappa; key=value goes to every run
 #   recipes/ema_scaling/run.sh --size gpu --nproc 8 --kappas "1 2 4 8"   # one GPU a unit of kappa
 #   recipes/librispeech/run.sh --stop-stage 3 && \
-#     recipes/ema_scaling/run.sh --stage 4 --data exp/librispeech/data \
+#     recipes/ema_scaling/run.sh --data exp/librispeech/data \
 #       --config configs/librispeech_paper.yaml --base-nproc 8 --nproc 8 --kappas "1 2 4"
 #
 # kappa k runs on min(k x B, N) processes (B: --base-nproc, N: --nproc) with k x B / processes
@@ -37,7 +37,7 @@ stop_stage=8
 size=demo                       # synthetic corpus: tiny, demo (CPU) or gpu
 config=""                       # default: configs/synth_tiny.yaml (tiny, demo), configs/synth_base.yaml (gpu)
 exp=exp/ema_scaling             # everything goes here
-data=""                         # shards/ + tokenizer/ (default: $exp/data, made by stages 0-3)
+data=""                         # prepared shards/ + tokenizer/: skips stages 0-3 (default: $exp/data, made by them)
 kappas="1 2 4"
 nproc=1                         # most processes (GPUs) a run may use
 base_nproc=1                    # processes of the kappa = 1 reference
@@ -102,6 +102,7 @@ label() {  # kappa rule -> legend name
   else echo "kappa $1, rho unscaled"; fi
 }
 
+if [ -n "$data" ] && [ "$stage" -lt 4 ]; then stage=4; fi   # never synthesize into prepared data
 data="${data:-$exp/data}"
 runs="$exp/runs"
 mkdir -p "$exp"

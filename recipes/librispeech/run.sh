@@ -116,7 +116,8 @@ fetch_part() {
   if [ -z "${md5[$part]:-}" ]; then echo "--parts: unknown LibriSpeech part '$part'" >&2; exit 2; fi
   if ! md5_ok "$archive" "${md5[$part]}"; then
     log "$part: downloading $mirror/$part.tar.gz"
-    curl --fail --location --retry 10 --retry-delay 5 --continue-at - --output "$archive" "$mirror/$part.tar.gz"
+    curl --fail --location --retry 10 --retry-delay 5 --continue-at - --output "$archive" "$mirror/$part.tar.gz" \
+      || { echo "$part: download failed; rerun to resume it, or delete $archive to start over" >&2; exit 1; }
   fi
   if ! md5_ok "$archive" "${md5[$part]}"; then
     rm -f "$archive"

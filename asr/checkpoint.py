@@ -6,9 +6,10 @@ kappa and the tokenizer itself, so that ``asr eval`` decodes with the same units
 
 Layout of ``<exp_dir>/checkpoints/``::
 
-    step-00001200.pt   periodic saves; only the newest ``keep_last`` are kept
-    last.pt            hard link to the newest periodic save (replaced atomically)
-    best.pt            hard link to the save with the lowest dev WER
+    update-00001200.pt   periodic saves, named by optimizer updates taken (never re-counted, so
+                         name order is save order); only the newest ``keep_last`` are kept
+    last.pt              hard link to the newest periodic save (replaced atomically)
+    best.pt              hard link to the save with the lowest dev WER
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 CHECKPOINT_VERSION = 1
-_STEP_FILE = re.compile(r"^step-(\d{8})\.pt$")
+_STEP_FILE = re.compile(r"^update-(\d{8})\.pt$")
 
 
 def _atomic_link(target: Path, link: Path) -> None:
@@ -34,12 +35,12 @@ def _atomic_link(target: Path, link: Path) -> None:
     os.replace(tmp, link)
 
 
-def save_checkpoint(payload: dict[str, Any], ckpt_dir: str | Path, step: int, *,
+def save_checkpoint(payload: dict[str, Any], ckpt_dir: str | Path, updates: int, *,
                     keep_last: int, is_best: bool = False) -> Path:
-    """Write ``step-NNNNNNNN.pt`` atomically, point ``last.pt`` (and ``best.pt``) at it, prune."""
+    """Write ``update-NNNNNNNN.pt`` atomically, point ``last.pt`` (and ``best.pt``) at it, prune."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = ckpt_dir / f"step-{step:08d}.pt"
+    path = ckpt_dir / f"update-{updates:08d}.pt"
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:

@@ -203,7 +203,8 @@ class PseudoLabelConfig:
     start_hours: float = 2.0
     """Hours of labeled audio seen before the pseudo-label phase."""
     unlabeled_per_labeled: float = 1.0
-    """Unlabeled micro-batches per labeled micro-batch in the pseudo-label phase."""
+    """Pseudo-labeled optimizer steps per labeled step in the pseudo-label phase (every update is
+    wholly one or the other, as slimIPL alternates them)."""
     unlabeled_weight: float = 1.0
     """Weight of the pseudo-label CTC loss against the labeled one."""
     min_tokens: int = 1

@@ -184,7 +184,8 @@ def load_model_for_eval(checkpoint: Path, weights: str, average_last: int) -> tu
     state = payload[weights]
     step = payload["train_state"]["step"]
     if average_last > 1:  # the chosen checkpoint and the periodic ones just before it
-        saved = [p for p in list_checkpoints(path.parent) if int(p.stem.removeprefix("step-")) <= step]
+        updates = payload["train_state"]["updates"]
+        saved = [p for p in list_checkpoints(path.parent) if int(p.stem.removeprefix("update-")) <= updates]
         saved = saved[-average_last:]
         if len(saved) < average_last:
             raise ValueError(f"--average-last {average_last}: only {len(saved)} periodic checkpoints "

@@ -184,7 +184,7 @@ class TrainState:
     step: int = 0
     labeled: DataPosition = field(default_factory=DataPosition)
     unlabeled: DataPosition = field(default_factory=DataPosition)
-    micro_batches: int = 0  # global micro-batch counter: drives the labeled/unlabeled turns
+    updates: int = 0  # optimizer steps taken, never re-counted: turns and checkpoint names
     kappa_history: list[dict[str, Any]] = field(default_factory=list)
     best_dev_wer: float = float("inf")
     skipped_steps: int = 0
@@ -246,6 +246,7 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
     features = LogMelFeatures(cfg.features.sample_rate, cfg.features.n_mels, cfg.features.win_ms,
                               cfg.features.hop_ms, cfg.features.normalize).to(rt.device)
     specaug = SpecAugment.from_config(cfg.specaug).to(rt.device)
+    torch.manual_seed(cfg.train.seed + 1 + rt.rank)  # same init on every rank, own dropout masks
     aug_generator = torch.Generator(rt.device).manual_seed(cfg.train.seed * 1000 + rt.rank)
     optimizer = build_optimizer(cfg.optim.name, list(model.parameters()), hp, rt.device)
     log(rt, f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
@@ -343,12 +344,14 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
             model.set_dropout(*pl_dropout(cfg))
         augment = specaug if state.step >= hp.steps.specaug_start else None
 
+        # a whole update is labeled or pseudo-labeled (slimIPL's alternation), so a step has the
+        # same content at any split of kappa into ranks x accumulation
+        use_unlabeled = in_pl and is_unlabeled_turn(state.updates, cfg.pl.unlabeled_per_labeled)
+
         # micro-steps: gradients are averaged across ranks on the last one only
         student.train()
-        model.set_layerdrop_seed(cfg.train.seed * 1_000_003 + state.step)
+        model.set_layerdrop_seed(cfg.train.seed * 1_000_003 + state.updates)
         for micro in range(hp.accum_steps):
-            use_unlabeled = in_pl and is_unlabeled_turn(state.micro_batches, cfg.pl.unlabeled_per_labeled)
-            state.micro_batches += 1
             batch = next(unlabeled_batches if use_unlabeled else labeled_batches)
             if use_unlabeled:
                 state.unlabeled = batch.position
@@ -375,6 +378,7 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
         if teacher is not None:  # once per optimizer step, never per micro-batch; held on a skip
             teacher.update(model, torch.where(found_inf > 0, 1.0, hp.rho))
         state.step += 1
+        state.updates += 1
 
         # log, evaluate, checkpoint: cadences in hours of audio, read off the step clock
         hours = hp.clock.hours_at(state.step)
@@ -666,12 +670,12 @@ def save(rt: Runtime, ckpt_dir: Path, cfg: DictConfig, model: torch.nn.Module, t
         "config": OmegaConf.to_container(cfg, resolve=True),
         "tokenizer": tokenizer.to_dict(),
     }
-    save_checkpoint(payload, ckpt_dir, state.step, keep_last=cfg.train.keep_last, is_best=is_best)
+    save_checkpoint(payload, ckpt_dir, state.updates, keep_last=cfg.train.keep_last, is_best=is_best)
 
 
 def dump_train_state(state: TrainState) -> dict[str, Any]:
     return {
-        "step": state.step, "micro_batches": state.micro_batches,
+        "step": state.step, "updates": state.updates,
         "labeled": state.labeled.state_dict(), "unlabeled": state.unlabeled.state_dict(),
         "kappa_history": state.kappa_history, "best_dev_wer": state.best_dev_wer,
         "skipped_steps": state.skipped_steps,
@@ -680,7 +684,7 @@ def dump_train_state(state: TrainState) -> dict[str, Any]:
 
 def load_train_state(d: dict[str, Any]) -> TrainState:
     return TrainState(
-        step=d["step"], micro_batches=d["micro_batches"],
+        step=d["step"], updates=d["updates"],
         labeled=DataPosition.from_state_dict(d["labeled"]),
         unlabeled=DataPosition.from_state_dict(d["unlabeled"]),
         kappa_history=list(d["kappa_history"]), best_dev_wer=d["best_dev_wer"],

@@ -28,7 +28,7 @@ def saved_value(path: Path) -> float:
 
 
 def test_save_interrupted_midway_leaves_no_partial_file(tmp_path, monkeypatch):
-    save_checkpoint(payload(1.0), tmp_path, step=1, keep_last=3)
+    save_checkpoint(payload(1.0), tmp_path, updates=1, keep_last=3)
     real_save = torch.save
 
     def crash_midway(obj, f, *args, **kwargs):
@@ -37,8 +37,8 @@ def test_save_interrupted_midway_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(asr.checkpoint.torch, "save", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(payload(2.0), tmp_path, step=2, keep_last=3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "step-00000001.pt"]
+        save_checkpoint(payload(2.0), tmp_path, updates=2, keep_last=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "update-00000001.pt"]
     assert saved_value(tmp_path / "last.pt") == 1.0
 
 
@@ -50,8 +50,8 @@ def test_save_interrupted_midway_leaves_no_partial_file(tmp_path, monkeypatch):
 ])
 def test_keep_last_prunes_periodic_saves_and_keeps_best_and_last_valid(tmp_path, keep_last, best_step, kept_steps):
     for step in range(1, 6):
-        save_checkpoint(payload(float(step)), tmp_path, step=step, keep_last=keep_last, is_best=step == best_step)
-    assert [int(p.stem.removeprefix("step-")) for p in list_checkpoints(tmp_path)] == kept_steps
+        save_checkpoint(payload(float(step)), tmp_path, updates=step, keep_last=keep_last, is_best=step == best_step)
+    assert [int(p.stem.removeprefix("update-")) for p in list_checkpoints(tmp_path)] == kept_steps
     assert saved_value(tmp_path / "last.pt") == 5.0
     assert saved_value(tmp_path / "best.pt") == float(best_step)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
@@ -60,9 +60,9 @@ def test_keep_last_prunes_periodic_saves_and_keeps_best_and_last_valid(tmp_path,
 def test_loading_runs_no_code_from_the_file(tmp_path):
     """weights_only: tensors, containers and plain values load; a pickled object is refused."""
     save_checkpoint({**payload(1.0), "notes": ["plain", 1, 2.5, None], "config": {"a": {"b": [1]}}},
-                    tmp_path, step=1, keep_last=1)
+                    tmp_path, updates=1, keep_last=1)
     assert load_checkpoint(tmp_path)["notes"] == ["plain", 1, 2.5, None]
-    save_checkpoint({**payload(1.0), "hook": Path("x")}, tmp_path, step=2, keep_last=1)
+    save_checkpoint({**payload(1.0), "hook": Path("x")}, tmp_path, updates=2, keep_last=1)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_checkpoint(tmp_path)
 
@@ -78,7 +78,7 @@ def test_average_state_dicts_means_floats_in_their_dtype_and_keeps_integers_of_t
     for step, (w, half, counter) in enumerate([(1.0, 0.5, 7), (2.0, 1.5, 8), (6.0, 4.0, 9)], start=1):
         state = {"w": torch.full((3,), w), "half": torch.full((2,), half, dtype=torch.bfloat16),
                  "double": torch.full((1,), w / 3, dtype=torch.float64), "counter": torch.tensor(counter)}
-        paths.append(save_checkpoint({"student": state}, tmp_path, step=step, keep_last=5))
+        paths.append(save_checkpoint({"student": state}, tmp_path, updates=step, keep_last=5))
     mean = average_state_dicts(paths, "student")
     assert torch.equal(mean["w"], torch.full((3,), 3.0))
     assert mean["half"].dtype == torch.bfloat16 and torch.equal(mean["half"], torch.full((2,), 2.0, dtype=torch.bfloat16))
@@ -92,19 +92,19 @@ def test_average_state_dicts_means_floats_in_their_dtype_and_keeps_integers_of_t
     ([{"w": torch.ones(2)}, {"w": torch.ones(2), "extra": torch.ones(1)}], r"other tensor names .*'extra'"),
 ])
 def test_average_state_dicts_refuses_what_cannot_be_averaged(tmp_path, states, message):
-    paths = [save_checkpoint({"student": state}, tmp_path, step=step, keep_last=5)
+    paths = [save_checkpoint({"student": state}, tmp_path, updates=step, keep_last=5)
              for step, state in enumerate(states, start=1)]
     with pytest.raises(ValueError, match=message):
         average_state_dicts(paths, "student")
 
 
 @pytest.mark.parametrize(("given", "found"), [
-    ("exp/checkpoints/step-00000003.pt", "exp/checkpoints/step-00000003.pt"),
+    ("exp/checkpoints/update-00000003.pt", "exp/checkpoints/update-00000003.pt"),
     ("exp/checkpoints", "exp/checkpoints/last.pt"),
     ("exp", "exp/checkpoints/last.pt"),
 ])
 def test_resolve_checkpoint_finds_the_file_of_a_folder(tmp_path, given, found):
-    save_checkpoint(payload(3.0), tmp_path / "exp" / "checkpoints", step=3, keep_last=1)
+    save_checkpoint(payload(3.0), tmp_path / "exp" / "checkpoints", updates=3, keep_last=1)
     assert resolve_checkpoint(tmp_path / given) == tmp_path / found
 
 
@@ -129,5 +129,5 @@ def test_trainer_checkpoint_holds_everything_a_run_continues_from(trained_run):
     assert saved["config"]["train"]["exp_dir"] == str(trained_run)
     assert saved["teacher"].keys() == saved["student"].keys()
     ckpt_dir = trained_run / "checkpoints"
-    assert [p.name for p in list_checkpoints(ckpt_dir)] == ["step-00000006.pt", "step-00000009.pt", "step-00000010.pt"]
+    assert [p.name for p in list_checkpoints(ckpt_dir)] == ["update-00000006.pt", "update-00000009.pt", "update-00000010.pt"]
     assert load_checkpoint(ckpt_dir / "best.pt")["train_state"]["best_dev_wer"] < float("inf")

@@ -77,15 +77,15 @@ def test_eval_decodes_the_teacher_and_averaged_weights(trained_run, student_eval
 
     model, _, _ = load_model_for_eval(trained_run, "student", average_last=2)
     last_two = list_checkpoints(trained_run / "checkpoints")[-2:]
-    assert [p.name for p in last_two] == ["step-00000009.pt", "step-00000010.pt"]
+    assert [p.name for p in last_two] == ["update-00000009.pt", "update-00000010.pt"]
     for name, tensor in average_state_dicts(last_two, "student").items():
         assert torch.equal(model.state_dict()[name], tensor), name
 
 
 def test_eval_averages_the_checkpoints_up_to_the_chosen_one(trained_run):
-    model, _, info = load_model_for_eval(trained_run / "checkpoints" / "step-00000009.pt", "student", average_last=2)
+    model, _, info = load_model_for_eval(trained_run / "checkpoints" / "update-00000009.pt", "student", average_last=2)
     assert info["step"] == 9
-    expected = average_state_dicts([trained_run / "checkpoints" / f"step-0000000{s}.pt" for s in (6, 9)], "student")
+    expected = average_state_dicts([trained_run / "checkpoints" / f"update-0000000{s}.pt" for s in (6, 9)], "student")
     for name, tensor in expected.items():
         assert torch.equal(model.state_dict()[name], tensor), name
 

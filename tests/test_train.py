@@ -71,7 +71,7 @@ def interrupt_and_resume(make_config, stop_step: int, *overrides: str) -> tuple[
     b = load_checkpoint(Path(part.train.exp_dir) / "checkpoints" / "last.pt")
     assert_same_tensors(a["student"], b["student"])
     assert_same_tensors(a["teacher"], b["teacher"])
-    for key in ("step", "micro_batches", "labeled", "unlabeled", "kappa_history"):
+    for key in ("step", "updates", "labeled", "unlabeled", "kappa_history"):
         assert a["train_state"][key] == b["train_state"][key], key
     for state_a, state_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert_same_tensors(state_a, state_b)
@@ -188,7 +188,7 @@ def test_nonfinite_steps_are_skipped_and_counted(make_config, monkeypatch):
     assert [row["step"] for row in rows] == [4, 8, 10]
     assert sum(row["skipped"] for row in rows) == 2
     ckpt_dir = Path(cfg.train.exp_dir) / "checkpoints"
-    skipped = {int(p.stem[5:]): load_checkpoint(p)["train_state"]["skipped_steps"] for p in list_checkpoints(ckpt_dir)}
+    skipped = {int(p.stem.removeprefix("update-")): load_checkpoint(p)["train_state"]["skipped_steps"] for p in list_checkpoints(ckpt_dir)}
     assert skipped == {6: 2, 9: 2, 10: 2}
 
 

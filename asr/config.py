@@ -209,6 +209,8 @@ class PseudoLabelConfig:
     """Weight of the pseudo-label CTC loss against the labeled one."""
     min_tokens: int = 1
     """Pseudo-labels with fewer tokens are dropped."""
+    min_confidence: float = 0.0
+    """Pseudo-labels whose mean token probability under the teacher is lower are dropped (0: keep all)."""
     dropout: float | None = None
     """Model dropout from the pseudo-label start on (None keeps it)."""
     layerdrop: float | None = None
@@ -466,6 +468,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "pl.unlabeled_per_labeled", pos, "a positive ratio")
     _check(cfg, "pl.unlabeled_weight", nonneg, "a weight >= 0")
     _check(cfg, "pl.min_tokens", pos, "an integer >= 1")
+    _check(cfg, "pl.min_confidence", unit, "a probability in [0, 1)")
     for key in ("dropout", "layerdrop"):
         if OmegaConf.select(cfg, f"pl.{key}") is not None:
             _check(cfg, f"pl.{key}", unit, "a probability in [0, 1) or null")

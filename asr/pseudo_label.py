@@ -35,12 +35,13 @@ class PseudoLabels:
     num_empty: int  # no token at all
     num_too_short: int  # 1 <= tokens < min_tokens
     num_too_long: int  # tokens + adjacent repeats > the student's output frames
+    num_low_confidence: int = 0  # the teacher's mean token probability < min_confidence
 
     @property
     def counts(self) -> dict[str, int]:
         """Per-reason counts for logging; they add up to the batch size."""
-        return {"kept": self.num_kept, "empty": self.num_empty,
-                "too_short": self.num_too_short, "too_long": self.num_too_long}
+        return {"kept": self.num_kept, "empty": self.num_empty, "too_short": self.num_too_short,
+                "too_long": self.num_too_long, "low_confidence": self.num_low_confidence}
 
     def token_lists(self) -> list[list[int]]:
         """Every label's tokens on the host (one copy), e.g. to score them against truth."""
@@ -50,18 +51,25 @@ class PseudoLabels:
 
 def make_pseudo_labels(teacher_log_probs: Tensor, teacher_lengths: Tensor,
                        student_out_lengths: Tensor, *, blank_id: int,
-                       min_tokens: int) -> PseudoLabels:
+                       min_tokens: int, min_confidence: float = 0.0) -> PseudoLabels:
     """Best-path labels of a teacher batch, and the keep/drop decision of each.
 
     teacher_log_probs: [B, T, V]; teacher_lengths, student_out_lengths: [B] frames. The
     targets are padded ``[B, S]`` (what ``F.ctc_loss`` takes, with ``target_lengths``);
     select the kept rows with ``keep``, or weight a ``reduction="none"`` loss by it.
+
+    ``min_confidence`` drops labels whose confidence, the teacher's mean best-path probability
+    over the frames that emit a token, is lower (Kahn et al. 2020 filter pseudo-labels by the
+    teacher's score in the same spirit): an early teacher is right mostly where it is sure.
     """
+    if not 0.0 <= min_confidence < 1.0:
+        raise ValueError(f"pl.min_confidence: got {min_confidence}, expected a probability in [0, 1)")
     if min_tokens < 1:
         raise ValueError(f"pl.min_tokens: got {min_tokens}, expected an integer >= 1")
-    frame_ids = teacher_log_probs.argmax(dim=-1)
+    best_log_prob, frame_ids = teacher_log_probs.max(dim=-1)
     keep_frame = ctc_keep_frames(frame_ids, teacher_lengths, blank_id)
     lengths = keep_frame.sum(dim=1)
+    confidence = (best_log_prob.float().exp() * keep_frame).sum(dim=1) / lengths.clamp(min=1)
 
     # Scatter kept frames to their position in the label; the others go to a spare column.
     batch, frames = frame_ids.shape
@@ -74,13 +82,15 @@ def make_pseudo_labels(teacher_log_probs: Tensor, teacher_lengths: Tensor,
     empty = lengths == 0
     too_short = ~empty & (lengths < min_tokens)
     too_long = ~empty & ~too_short & (lengths + repeats > student_out_lengths)
-    keep = ~(empty | too_short | too_long)
+    low_confidence = ~empty & ~too_short & ~too_long & (confidence < min_confidence)
+    keep = ~(empty | too_short | too_long | low_confidence)
 
     width, *counts = torch.stack([lengths.max(), keep.sum(), empty.sum(), too_short.sum(),
-                                  too_long.sum()]).tolist()
+                                  too_long.sum(), low_confidence.sum()]).tolist()
     return PseudoLabels(
         targets=padded[:, : max(width, 1)], target_lengths=lengths, keep=keep,
         num_kept=counts[0], num_empty=counts[1], num_too_short=counts[2], num_too_long=counts[3],
+        num_low_confidence=counts[4],
     )
 
 

@@ -478,7 +478,8 @@ def micro_step(student: torch.nn.Module, teacher: EMATeacher | None, batch: Batc
         with autocast:  # the teacher: eval mode, clean input, no gradients
             teacher_log_probs, teacher_lengths = teacher(feats, feat_lengths)
         labels = make_pseudo_labels(teacher_log_probs, teacher_lengths, out_lengths,
-                                    blank_id=tokenizer.blank_id, min_tokens=cfg.pl.min_tokens)
+                                    blank_id=tokenizer.blank_id, min_tokens=cfg.pl.min_tokens,
+                                    min_confidence=cfg.pl.min_confidence)
         targets, target_lengths, keep = labels.targets, labels.target_lengths, labels.keep
         meter.add_pseudo_labels(labels.counts)
         if batch.truths is not None and all(t is not None for t in batch.truths):  # quality only

@@ -41,7 +41,7 @@ def test_pseudo_label_table(frames, student_frames, min_tokens, label, reason):
                             min_tokens=min_tokens)
     assert pl.token_lists() == [label]
     assert pl.keep.tolist() == [reason == "kept"]
-    assert pl.counts == {"kept": 0, "empty": 0, "too_short": 0, "too_long": 0} | {reason: 1}
+    assert pl.counts == {"kept": 0, "empty": 0, "too_short": 0, "too_long": 0, "low_confidence": 0} | {reason: 1}
 
 
 def test_batch_counts_targets_and_padding():
@@ -49,7 +49,7 @@ def test_batch_counts_targets_and_padding():
     student = torch.tensor([case[1] for case in CASES if case[2] == 1])
     log_probs, lengths = teacher_output(rows)
     pl = make_pseudo_labels(log_probs, lengths, student, blank_id=0, min_tokens=1)
-    assert pl.counts == {"kept": 3, "empty": 1, "too_short": 0, "too_long": 2}
+    assert pl.counts == {"kept": 3, "empty": 1, "too_short": 0, "too_long": 2, "low_confidence": 0}
     assert sum(pl.counts.values()) == len(rows)
     assert pl.keep.tolist() == [True, False, True, False, True, False]
     assert pl.target_lengths.tolist() == [3, 3, 3, 3, 4, 0]
@@ -97,3 +97,28 @@ def test_pseudo_label_wer_counts(hyps, truths, expected):
 def test_pseudo_label_wer_needs_one_truth_per_hypothesis():
     with pytest.raises(ValueError, match="2 hypotheses but 1 truths"):
         pseudo_label_wer(["A", "B"], ["A"])
+
+
+@pytest.mark.parametrize(("token_prob", "min_confidence", "kept"), [
+    (0.9, 0.0, True),   # the filter off keeps everything
+    (0.9, 0.8, True),
+    (0.6, 0.8, False),  # an unsure teacher's label is dropped
+    (0.6, 0.5, True),
+])
+def test_min_confidence_drops_labels_the_teacher_is_unsure_of(token_prob, min_confidence, kept):
+    """Confidence is the mean best-path probability over the frames that emit a token; sure
+    blank frames around them do not raise it."""
+    frames = [(0, 0.97), (1, token_prob), (0, 0.97), (2, token_prob), (0, 0.97), (0, 0.97)]
+    probs = torch.stack([torch.full((4,), (1 - p) / 3).index_fill(0, torch.tensor([i]), p) for i, p in frames])
+    log_probs = probs.log()[None]
+    pl = make_pseudo_labels(log_probs, torch.tensor([6]), torch.tensor([6]), blank_id=0, min_tokens=1,
+                            min_confidence=min_confidence)
+    assert bool(pl.keep[0]) is kept
+    assert pl.counts["low_confidence"] == (0 if kept else 1)
+    assert sum(pl.counts.values()) == 1
+
+
+def test_min_confidence_outside_zero_one_is_an_error():
+    log_probs, lengths = teacher_output([[1, 2]])
+    with pytest.raises(ValueError, match="pl.min_confidence"):
+        make_pseudo_labels(log_probs, lengths, lengths, blank_id=0, min_tokens=1, min_confidence=1.0)

@@ -112,8 +112,8 @@ class Condition:
 CONDITIONS = {
     "clean": Condition(speed_wpm=(150, 190), pitch=(25, 75), pitch_range_percent=(60, 140),
                        max_word_gap_10ms=2, snr_db=(35.0, 50.0), rt60_s=None),
-    "other": Condition(speed_wpm=(125, 215), pitch=(15, 85), pitch_range_percent=(40, 180),
-                       max_word_gap_10ms=5, snr_db=(5.0, 20.0), rt60_s=(0.2, 0.8)),
+    "other": Condition(speed_wpm=(135, 205), pitch=(15, 85), pitch_range_percent=(40, 180),
+                       max_word_gap_10ms=5, snr_db=(10.0, 25.0), rt60_s=(0.15, 0.5)),
 }
 SPEED_SPREAD_WPM, PITCH_SPREAD, PITCH_RANGE_SPREAD = 10, 6, 15
 
@@ -395,7 +395,7 @@ def apply_condition(speech: np.ndarray, condition: Condition, rng: np.random.Gen
     """Room (reverberation), noise at the condition's SNR, and a random peak level."""
     x = speech.astype(np.float32)
     if condition.rt60_s is not None:
-        rir = _room_impulse_response(rng.uniform(*condition.rt60_s), rng.uniform(0.0, 10.0), rng)
+        rir = _room_impulse_response(rng.uniform(*condition.rt60_s), rng.uniform(3.0, 12.0), rng)
         x = _convolve(x, rir)
     snr_db = rng.uniform(*condition.snr_db)
     x = x + _noise(len(x), rng) * np.sqrt(np.mean(x**2) / 10.0 ** (snr_db / 10.0))

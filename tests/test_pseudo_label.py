@@ -120,5 +120,5 @@ def test_min_confidence_drops_labels_the_teacher_is_unsure_of(token_prob, min_co
 
 def test_min_confidence_outside_zero_one_is_an_error():
     log_probs, lengths = teacher_output([[1, 2]])
-    with pytest.raises(ValueError, match="pl.min_confidence"):
+    with pytest.raises(ValueError, match=r"pl\.min_confidence"):
         make_pseudo_labels(log_probs, lengths, lengths, blank_id=0, min_tokens=1, min_confidence=1.0)

@@ -125,3 +125,35 @@ def test_results_collects_eval_folders_into_one_table(student_eval, trained_run,
     assert lines[2] == f"| tiny/student@10 | {rates['dev-clean']} | {rates['test-clean']} |"
     assert lines[3].startswith("| tiny/teacher@10 | ")
     assert len(lines) == 4
+
+
+def _eval_rank(rank: int, world_size: int, checkpoint: str, data: str, init_file: str, out: str) -> None:
+    """One torchrun-like rank of ``asr eval``: a gloo group, then the command itself."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        run_eval(Path(checkpoint), Path(data), Path(out))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_eval_on_two_ranks_gives_the_numbers_of_one_process(trained_run, student_eval, tmp_path):
+    """Each rank decodes its share of the batches and the hypotheses are gathered: the reports
+    equal those of a single process, utterance for utterance."""
+    import torch.multiprocessing as mp
+
+    prepare_corpus(MINI, tmp_path / "prepared", splits=list(SPLITS))  # once, before the ranks fork
+    out = tmp_path / "two-ranks"
+    mp.start_processes(_eval_rank, args=(2, str(trained_run), str(tmp_path / "prepared" / "manifests"),
+                                         str(tmp_path / "init"), str(out)), nprocs=2, start_method="fork")
+    for split in SPLITS:
+        assert (out / split / "hyp.txt").read_text() == (student_eval / split / "hyp.txt").read_text()
+        two, one = summary(out, split), summary(student_eval, split)
+        assert {k: two[k] for k in SCORES} == {k: one[k] for k in SCORES}

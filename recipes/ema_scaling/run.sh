@@ -35,6 +35,7 @@ set -euo pipefail
 stage=0
 stop_stage=8
 size=demo                       # synthetic corpus: tiny, demo (CPU) or gpu
+hours_scale=1                   # multiplies every split of the synthetic corpus
 config=""                       # default: configs/synth_tiny.yaml (tiny, demo), configs/synth_base.yaml (gpu)
 exp=exp/ema_scaling             # everything goes here
 data=""                         # prepared shards/ + tokenizer/: skips stages 0-3 (default: $exp/data, made by them)
@@ -46,7 +47,7 @@ overrides=()                    # key=value for every asr train
 
 usage() {
   sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"   # the comment block above
-  echo "options: --stage N --stop-stage N --size tiny|demo|gpu --config FILE --exp DIR --data DIR"
+  echo "options: --stage N --stop-stage N --size tiny|demo|gpu --hours-scale X --config FILE --exp DIR --data DIR"
   echo "         --kappas 'K ...' --nproc N --base-nproc B --seed N [key=value ...]"
 }
 while (($#)); do
@@ -54,6 +55,7 @@ while (($#)); do
     --stage) stage="$2"; shift 2 ;;
     --stop-stage) stop_stage="$2"; shift 2 ;;
     --size) size="$2"; shift 2 ;;
+    --hours-scale) hours_scale="$2"; shift 2 ;;
     --config) config="$2"; shift 2 ;;
     --exp) exp="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
@@ -110,7 +112,7 @@ common=(--config "$config" "data.shards_dir=$data/shards" "tokenizer.path=$data/
 
 if run_stage 0; then
   log "Stage 0: synthesize the $size corpus"
-  python -m asr synth --out "$data/corpus" --size "$size" --seed "$seed" --overwrite
+  python -m asr synth --out "$data/corpus" --size "$size" --hours-scale "$hours_scale" --seed "$seed" --overwrite
   done_stage 0
 fi
 

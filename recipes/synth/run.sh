@@ -21,16 +21,18 @@ set -euo pipefail
 stage=0
 stop_stage=8
 size=demo          # demo (CPU) or gpu
+hours_scale=1     # multiplies every split of the corpus (e.g. 0.25 for a quick GPU check)
 exp=exp/synth      # everything goes here
 seed=0
 nproc=1            # processes for training (torchrun --nproc-per-node)
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; echo "options: --stage N --stop-stage N --size demo|gpu --exp DIR --seed N --nproc N"; }
+usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; echo "options: --stage N --stop-stage N --size demo|gpu --hours-scale X --exp DIR --seed N --nproc N"; }
 while (($#)); do
   case "$1" in
     --stage) stage="$2"; shift 2 ;;
     --stop-stage) stop_stage="$2"; shift 2 ;;
     --size) size="$2"; shift 2 ;;
+    --hours-scale) hours_scale="$2"; shift 2 ;;
     --exp) exp="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
     --nproc) nproc="$2"; shift 2 ;;
@@ -58,7 +60,7 @@ common=(--config "$config" "data.shards_dir=$data/shards" "tokenizer.path=$exp/t
 
 if run_stage 0; then
   log "Stage 0: synthesize the $size corpus"
-  python -m asr synth --out "$data/corpus" --size "$size" --seed "$seed" --overwrite
+  python -m asr synth --out "$data/corpus" --size "$size" --hours-scale "$hours_scale" --seed "$seed" --overwrite
   done_stage 0
 fi
 
@@ -82,6 +84,7 @@ fi
 
 if run_stage 4; then
   log "Stage 4: supervised warm start (stops at the pseudo-label start)"
+  # shellcheck disable=SC2016  # ${pl.start_hours} is an OmegaConf interpolation, for asr train
   "${asr_train[@]}" "${common[@]}" "train.exp_dir=$exp/warm" pl.enabled=false 'train.stop_hours=${pl.start_hours}'
   done_stage 4
 fi

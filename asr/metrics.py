@@ -1,0 +1,105 @@
+"""Training metrics without host synchronisation: device-side sums read at the logging
+cadence only (:class:`Meter`), and rank 0's record of a run (:class:`RunLog`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+class Meter:
+    """Sums of one logging interval; read over all ranks, so that the logged loss of a run on
+    W ranks covers the same micro-batches as one rank accumulating W times as many."""
+
+    def __init__(self, device: torch.device, world_size: int = 1) -> None:
+        self.device = device
+        self.world_size = world_size
+        self.reset()
+
+    def reset(self) -> None:
+        z = lambda: torch.zeros((), device=self.device, dtype=torch.float64)  # noqa: E731
+        self.loss, self.pl_loss, self.grad_norm, self.skipped = z(), z(), z(), z()
+        self.batches = self.pl_batches = self.steps = 0
+        self.seconds = self.padded_seconds = 0.0
+        self.pl_counts: dict[str, int] = {}
+        self.pl_errors = self.pl_words = 0
+
+    def add_loss(self, loss: torch.Tensor, unlabeled: bool, seconds: float, padded: float) -> None:
+        if unlabeled:
+            self.pl_loss += loss
+            self.pl_batches += 1
+        else:
+            self.loss += loss
+            self.batches += 1
+        self.seconds += seconds
+        self.padded_seconds += padded
+
+    def add_step(self, grad_norm: torch.Tensor, found_inf: torch.Tensor) -> None:
+        self.grad_norm += torch.where(found_inf > 0, torch.zeros_like(grad_norm), grad_norm)
+        self.skipped += found_inf
+        self.steps += 1
+
+    def add_pseudo_labels(self, counts: dict[str, int]) -> None:
+        for reason, n in counts.items():
+            self.pl_counts[reason] = self.pl_counts.get(reason, 0) + n
+
+    def add_pl_wer(self, errors: int, words: int) -> None:
+        self.pl_errors += errors
+        self.pl_words += words
+
+    def flush(self) -> dict[str, float]:
+        """Read the sums (the one host sync of a logging interval, and one all-reduce over the
+        ranks) and start a new interval. Every rank calls it at the same steps."""
+        reasons = sorted(self.pl_counts)  # the same on every rank: all are in the same phase
+        host = [self.batches, self.pl_batches, self.seconds, self.padded_seconds, self.pl_errors,
+                self.pl_words, *(self.pl_counts[reason] for reason in reasons)]
+        sums = torch.cat([torch.stack([self.loss, self.pl_loss]),
+                          torch.tensor(host, dtype=torch.float64, device=self.device)])
+        if self.world_size > 1:
+            dist.all_reduce(sums)
+        # the gradient norm and the skips come from all-reduced gradients: equal on every rank
+        grad_norm, skipped, *values = torch.cat([torch.stack([self.grad_norm, self.skipped]), sums]).tolist()
+        loss, pl_loss, batches, pl_batches, seconds, padded_seconds, pl_errors, pl_words, *counts = values
+        stats = {
+            "loss": loss / batches if batches else float("nan"),  # nan: none in this interval
+            "pl_loss": pl_loss / pl_batches if pl_batches else float("nan"),
+            "grad_norm": grad_norm / max(self.steps - skipped, 1), "skipped": skipped,
+            "pl_batches": pl_batches,
+            **{f"pl_{reason}": n for reason, n in zip(reasons, counts, strict=True)},
+            "pl_wer": pl_errors / pl_words if pl_words else float("nan"),
+            "padding_waste": 1 - seconds / padded_seconds if padded_seconds else 0.0,
+        }
+        self.reset()
+        return stats
+
+
+class RunLog:
+    """Rank 0's record of a run: TensorBoard scalars and ``metrics.jsonl`` (plots, comparisons).
+
+    Each row holds the step and the exact hours of audio seen, so runs at different kappa are
+    compared at matched data seen."""
+
+    def __init__(self, exp_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tensorboard = SummaryWriter(str(exp_dir / "tensorboard"))
+        self.jsonl = (exp_dir / "metrics.jsonl").open("a", encoding="utf-8")
+
+    def write(self, kind: str, step: int, hours: float, values: dict[str, float]) -> None:
+        values = {k: float(v) for k, v in values.items()}
+        for name, value in values.items():
+            if math.isfinite(value):
+                self.tensorboard.add_scalar(f"{kind}/{name}", value, step)
+        self.tensorboard.add_scalar(f"{kind}/hours_seen", hours, step)
+        row = {"kind": kind, "step": step, "hours": hours,
+               **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+
+    def close(self) -> None:
+        self.tensorboard.close()
+        self.jsonl.close()

@@ -87,11 +87,8 @@ def run_series(run: str, rows: Sequence[dict[str, Any]], metric: str) -> list[Se
 
 
 def _plottable(metric: str, value: Any) -> bool:
-    if value is None or not math.isfinite(float(value)):
-        return False
-    # The CTC loss of an utterance is strictly positive: the trainer's 0 marks a logging interval
-    # without a micro-batch of that kind (e.g. only unlabeled ones), not a perfect fit.
-    return metric != "loss" or float(value) > 0
+    # null: a logging interval without a batch of that kind (e.g. only pseudo-labeled updates)
+    return value is not None and math.isfinite(float(value))
 
 
 def plot_runs(runs: Sequence[tuple[str, str | Path | Sequence[str | Path]]], out: str | Path, *,

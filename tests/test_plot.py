@@ -22,7 +22,8 @@ def _write_metrics(exp_dir: Path, rows: list[dict]) -> Path:
     return exp_dir
 
 
-def _train(step: int, hours: float, loss: float, pl_loss: float = 0.0) -> dict:
+def _train(step: int, hours: float, loss: float | None, pl_loss: float | None = None) -> dict:
+    """A train row as the trainer writes it: a loss is null for an interval without that kind."""
     return {"kind": "train", "step": step, "hours": hours, "loss": loss, "pl_loss": pl_loss, "lr": 1e-3}
 
 
@@ -104,9 +105,9 @@ def test_continuation_folders_join_into_one_curve(tmp_path):
 
 
 def test_loss_of_an_interval_without_that_kind_of_batch_is_not_plotted(tmp_path):
-    """The trainer logs 0 for the labeled loss of an interval with only pseudo-labeled batches."""
-    run = _write_metrics(tmp_path / "run", [_train(1, 0.1, 300.0, 0.0), _train(2, 0.2, 0.0, 45.0),
-                                            {**_train(3, 0.3, 250.0, 40.0), "pl_loss": None}])
+    """The trainer logs null for the labeled loss of an interval with only pseudo-labeled batches."""
+    run = _write_metrics(tmp_path / "run", [_train(1, 0.1, 300.0), _train(2, 0.2, None, 45.0),
+                                            _train(3, 0.3, 250.0)])
     out = tmp_path / "loss.png"
     plot_runs([("run", [run])], out, metric="loss")
     points = [(r["series"], r["step"]) for r in _csv_rows(out.with_suffix(".csv"))]

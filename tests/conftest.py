@@ -9,11 +9,12 @@ steps long, and a whole run takes a second or two on a CPU.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from asr.config import load_config
@@ -51,6 +52,16 @@ class TinyCorpus:
     librispeech: Path  # LibriSpeech/<split>/<speaker>/<chapter>/...
     manifests: Path  # <split>.jsonl
     shards: Path  # <split>/shard-NNNNNN.tar + index.npz
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny models and element-wise maths gain nothing from
+    threads, which only contend with each other on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -17,14 +17,7 @@ from asr.model.frontend import Conv1dSubsampling, Conv2dSubsampling
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 N_MELS, VOCAB = 16, 29
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: on a busy 2-core machine, OpenMP hand-offs cost more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only contend
 
 
 def small(**overrides) -> ModelConfig:

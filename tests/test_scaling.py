@@ -341,15 +341,6 @@ def test_asr_scale_table_warns_on_stderr_and_refuses_with_on_invalid_error(capsy
 # Dynamics: the noisy parabola, exactly (moment recursions)
 
 
-@pytest.fixture
-def one_thread():
-    """Element-wise ops on ~1e4 floats gain nothing from threads, which only contend on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 A, B_NOISE, C_NOISE, BATCH = 1.0, 0.5, 1.0, 1.0  # curvature, multiplicative and additive noise, batch
 LR, RHO, REFERENCE_STEPS = 0.01, 0.99, 400  # 4 relaxation times 1 / (lr * a); EMA horizon 100 steps
 KAPPAS = [0.25, 0.5, 2, 4, 8]

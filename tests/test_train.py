@@ -21,15 +21,6 @@ from asr.train import train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def one_thread():
-    """A 50k-parameter model runs fastest on one thread, and the suite shares two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train_rows(exp_dir: Path) -> list[dict]:
     """``metrics.jsonl`` rows of kind ``train``, without the wall-clock rate."""
     rows = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]

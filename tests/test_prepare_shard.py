@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import subprocess
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import soundfile as sf
 
 from asr.cli import main
 from asr.data.audio import AudioDecodeError, decode_audio
-from asr.data.manifest import prepare_corpus, read_manifest, write_atomic
+from asr.data.manifest import parallel_map, prepare_corpus, read_manifest, write_atomic
 from asr.data.shards import (
     build_index,
     load_index,
@@ -432,3 +433,10 @@ def test_prepare_names_unknown_splits(bad_corpus, tmp_path):
     shutil.rmtree(bad_corpus / "LibriSpeech" / "train-x")
     with pytest.raises(FileNotFoundError, match="no split folders with audio"):
         prepare_corpus(bad_corpus, tmp_path / "out")
+
+
+def test_a_worker_that_dies_fails_the_map_instead_of_hanging_it():
+    # os._exit kills the worker process outright, as the kernel's OOM killer or a crashing
+    # native library would: the map must raise, not wait forever for the lost result.
+    with pytest.raises(BrokenProcessPool):
+        parallel_map(os._exit, [3, 3], jobs=2, label="die")

@@ -28,6 +28,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,7 +83,8 @@ def resolve_jobs(jobs: int) -> int:
 def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, jobs: int, label: str) -> list[R]:
     """``[fn(x) for x in items]`` in ``jobs`` processes (in this one for jobs=1), in order,
     with a progress line on stderr. Workers come from a fork server, so a parent that has
-    started threads (torch, OpenMP) cannot deadlock them."""
+    started threads (torch, OpenMP) cannot deadlock them; a worker that dies raises
+    BrokenProcessPool instead of hanging the map."""
     jobs = min(resolve_jobs(jobs), max(len(items), 1))
     progress = _Progress(label, len(items))
     results: list[R] = []
@@ -92,8 +94,8 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, jobs: int, label: 
             progress.update(len(results))
     else:
         chunksize = max(1, min(64, len(items) // (jobs * 8)))
-        with multiprocessing.get_context("forkserver").Pool(jobs) as pool:
-            for result in pool.imap(fn, items, chunksize=chunksize):
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            for result in pool.map(fn, items, chunksize=chunksize):
                 results.append(result)
                 progress.update(len(results))
     progress.done()

@@ -46,7 +46,8 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -87,6 +88,8 @@ PEAK_DBFS = (-9.0, -1.0)
 NOISE_BANK_SECONDS = 30.0
 """Length of each noise color that utterances take slices of."""
 PROGRESS_EVERY_S = 5.0
+RENDER_CHUNK = 8
+"""Utterances a worker renders per task: amortizes the pickling, keeps progress fine-grained."""
 MARKER = ".synth.done"
 """Written last, holding the arguments: a re-run with the same ones has nothing to do."""
 
@@ -455,14 +458,14 @@ def _require(name: str, package: str) -> str:
 
 def installed_variants(espeak: str) -> dict[str, str]:
     """espeak-ng voice variants installed: file name -> sex ("M"/"F")."""
-    out = subprocess.run([espeak, "--voices=variant"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([espeak, "--voices=variant"], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True).stdout
     return {m.group(2): m.group(1) for m in re.finditer(r"/([MF])\s+\S+\s+!v/(\S+)", out)}
 
 
 def _check_voices(espeak: str) -> dict[str, str]:
     variants = installed_variants(espeak)
     missing = [v for v in FORMANT_VARIANTS + KLATT_VARIANTS if v not in variants]
-    listing = subprocess.run([espeak, "--voices=en"], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run([espeak, "--voices=en"], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True).stdout
     languages = {line.split()[1] for line in listing.splitlines()[1:] if line.split()}
     missing += [a for a in CLEAN_ACCENTS + HELD_OUT_ACCENTS if a not in languages]
     if missing:
@@ -560,35 +563,45 @@ def _progress(done: int, total: int, audio_s: float, elapsed_s: float) -> str:
 
 
 def _render_all(plan: CorpusPlan, render: Renderer, jobs: int) -> dict[str, float]:
-    """Render every utterance on ``jobs`` processes; seconds of audio by utterance id."""
+    """Render every utterance on ``jobs`` processes; seconds of audio by utterance id.
+
+    A process pool of concurrent.futures, not multiprocessing.Pool: a worker that dies (killed
+    for memory, a crashing library) raises BrokenProcessPool here instead of hanging forever.
+    """
     seconds: dict[str, float] = {}
     start = last = time.monotonic()
     total = len(plan.utterances)
-    # spawn: workers start clean whatever the caller has imported (no forked threads).
-    with multiprocessing.get_context("spawn").Pool(jobs) if jobs > 1 else _Inline() as pool:
-        for utt_id, utt_seconds in pool.imap_unordered(render, plan.utterances, chunksize=4):
-            seconds[utt_id] = utt_seconds
-            now = time.monotonic()
-            if now - last >= PROGRESS_EVERY_S or len(seconds) == total:
-                print(_progress(len(seconds), total, sum(seconds.values()), now - start),
-                      file=sys.stderr, flush=True)
-                last = now
+    print(f"synth: rendering {total} utterances on {jobs} process{'es' if jobs > 1 else ''}",
+          file=sys.stderr, flush=True)
+    chunks = [plan.utterances[i:i + RENDER_CHUNK] for i in range(0, total, RENDER_CHUNK)]
+    for done in _render_chunks(chunks, render, jobs):
+        seconds.update(done)
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S or len(seconds) == total:
+            print(_progress(len(seconds), total, sum(seconds.values()), now - start),
+                  file=sys.stderr, flush=True)
+            last = now
     return seconds
 
 
-class _Inline:
-    """The Pool interface, in this process: for --jobs 1 (and readable tracebacks)."""
+def _render_chunks(chunks: list[list[Utterance]], render: Renderer, jobs: int) -> Iterator[dict[str, float]]:
+    """Each chunk's {utterance id: seconds}, in completion order."""
+    if jobs <= 1:  # in this process: readable tracebacks
+        yield from (_render_chunk(render, chunk) for chunk in chunks)
+        return
+    # spawn: workers start clean whatever the caller has imported (no forked threads).
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_render_chunk, render, chunk) for chunk in chunks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
-    def __enter__(self) -> _Inline:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    @staticmethod
-    def imap_unordered(fn: Callable[[Utterance], tuple[str, float]], items: list[Utterance],
-                       chunksize: int = 1) -> Iterator[tuple[str, float]]:
-        return map(fn, items)
+def _render_chunk(render: Renderer, chunk: list[Utterance]) -> dict[str, float]:
+    return dict(render(utt) for utt in chunk)
 
 
 def _write_transcripts(root: Path, plan: CorpusPlan, seconds: dict[str, float]) -> None:
@@ -636,7 +649,7 @@ def synthesize_corpus(out: str | Path, size: str = "tiny", hours_scale: float = 
 
     espeak, sox = _require("espeak-ng", "espeak-ng"), _require("sox", "sox")
     variant_sex = _check_voices(espeak)
-    version = subprocess.run([espeak, "--version"], capture_output=True, text=True, check=True).stdout
+    version = subprocess.run([espeak, "--version"], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True).stdout
     espeak_version = m.group(1) if (m := re.search(r"text-to-speech: (\S+)", version)) else "unknown"
     plan = plan_corpus(size, hours_scale, seed, load_sentences(), variant_sex)
 

@@ -37,15 +37,17 @@ class Series:
 
 
 def read_metrics(exp_dirs: str | Path | Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The rows of each ``<exp_dir>/metrics.jsonl``, in step order, the last row per (kind, step).
+    """The rows of each ``<exp_dir>/metrics.jsonl`` on one timeline of audio seen.
 
-    A resumed run appends the steps it repeats after its last checkpoint, and a run continued
-    with ``train.init_from`` in another folder goes on from its parent's step, so listing the
-    parent first gives one curve; later rows replace earlier ones.
+    Rows are read in order (``exp_dirs`` in the order given, a parent before the run continued
+    from it with ``train.init_from``). A row of some kind at ``h`` hours replaces every earlier row
+    of that kind at ``h`` or later: a resumed run goes back to its last checkpoint and logs those
+    hours again, and a continuation may count steps at another kappa, so hours, not steps, say
+    which rows belong to the timeline that was kept.
     """
     if isinstance(exp_dirs, (str, Path)):
         exp_dirs = [exp_dirs]
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    kept: dict[str, list[dict[str, Any]]] = {}
     for exp_dir in exp_dirs:
         path = Path(exp_dir) / "metrics.jsonl"
         if not path.is_file():
@@ -60,8 +62,12 @@ def read_metrics(exp_dirs: str | Path | Sequence[str | Path]) -> list[dict[str, 
                     raise ValueError(f"{path}:{number}: not a JSON object ({err.msg})") from None
                 if not isinstance(row, dict) or not {"kind", "step", "hours"} <= row.keys():
                     raise ValueError(f"{path}:{number}: expected a JSON object with kind, step and hours")
-                rows[(str(row["kind"]), int(row["step"]))] = row
-    return sorted(rows.values(), key=lambda row: (int(row["step"]), str(row["kind"])))
+                timeline = kept.setdefault(str(row["kind"]), [])
+                while timeline and float(timeline[-1]["hours"]) >= float(row["hours"]):
+                    timeline.pop()
+                timeline.append(row)
+    return sorted((row for rows in kept.values() for row in rows),
+                  key=lambda row: (float(row["hours"]), str(row["kind"])))
 
 
 def run_series(run: str, rows: Sequence[dict[str, Any]], metric: str) -> list[Series]:

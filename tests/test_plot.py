@@ -84,7 +84,7 @@ def test_metric_keeps_one_panel(two_runs, tmp_path, metric, series):
     assert {r["series"] for r in _csv_rows(out.with_suffix(".csv"))} == series
 
 
-def test_resumed_run_keeps_the_last_row_per_kind_and_step(tmp_path):
+def test_resumed_run_keeps_the_rows_of_the_timeline_it_went_on_with(tmp_path):
     run = _write_metrics(tmp_path / "run", [_train(1, 0.1, 300.0), _train(2, 0.2, 250.0), _dev(2, 0.2, 95.0),
                                             _train(3, 0.3, 240.0)])
     _write_metrics(run, [_train(3, 0.3, 180.0), _dev(3, 0.3, 80.0), _train(4, 0.4, 150.0)])  # resumed at 2
@@ -102,6 +102,14 @@ def test_continuation_folders_join_into_one_curve(tmp_path):
     points = [(r["series"], r["step"], r["value"]) for r in _csv_rows(out.with_suffix(".csv"))]
     assert points == [("student/dev-clean", "2", "89"), ("teacher/dev-clean", "2", "89"),
                       ("loss", "1", "300"), ("loss", "2", "200"), ("loss", "3", "150"), ("pl_loss", "3", "40")]
+
+
+def test_continuation_at_another_kappa_joins_by_hours_not_steps(tmp_path):
+    # a warm start of 4 steps at kappa 1 continued at kappa 2: the child counts from step 2
+    warm = _write_metrics(tmp_path / "warm", [_train(step, step / 10, 300.0 - step) for step in (1, 2, 3, 4)])
+    child = _write_metrics(tmp_path / "child", [_train(3, 0.6, 150.0), _train(4, 0.8, 140.0)])
+    rows = read_metrics([warm, child])
+    assert [(r["step"], r["hours"]) for r in rows] == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4), (3, 0.6), (4, 0.8)]
 
 
 def test_loss_of_an_interval_without_that_kind_of_batch_is_not_plotted(tmp_path):

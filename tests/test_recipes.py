@@ -201,6 +201,23 @@ def test_ema_scaling_sweep_scales_rho_only_under_the_ema_rule(tmp_path):
     assert list(table)[1:] == [f"{name} ({weights})" for name in names for weights in ("student", "teacher")]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("espeak-ng", "sox")),
+                    reason="the synthetic corpus needs espeak-ng and sox (recipes/setup.sh)")
+def test_ema_scaling_shared_warm_start_continues_every_kappa_from_the_first(tmp_path):
+    exp = tmp_path / "exp"
+    _ok(_recipe(EMA_SCALING, "--size", "tiny", "--exp", str(exp), "--kappas", "1 2", "--shared-warm-start",
+                "--stop-stage", "5", *TOY))
+    runs = exp / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["kappa1-power", "kappa1-warm", "kappa2-none", "kappa2-power"]
+    warm_end = _metrics(runs / "kappa1-warm", "train")[-1]
+    for name, kappa in [("kappa2-power", 2), ("kappa2-none", 2)]:
+        rows = _metrics(runs / name, "train")
+        # 2 reference steps of warm start are 1 step at kappa 2; then 1 more to the end (4 // kappa)
+        assert rows[0]["hours"] > warm_end["hours"] and {row["kappa"] for row in rows} == {kappa}
+        assert rows[-1]["step"] == 4 // kappa
+
+
 # ---------------------------------------------------------------------------------------------
 # asr prepare --combine
 

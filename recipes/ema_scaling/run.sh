@@ -8,6 +8,7 @@
 #   recipes/ema_scaling/run.sh                           # CPU toy: demo corpus, kappa 1 2 4 by accumulation
 #   recipes/ema_scaling/run.sh --kappas "1 4" optim.lr=1e-3   # other kappa; key=value goes to every run
 #   recipes/ema_scaling/run.sh --size gpu --nproc 8 --kappas "1 2 4 8"   # one GPU a unit of kappa
+#   recipes/ema_scaling/run.sh --shared-warm-start       # one supervised phase, at the first kappa
 #   recipes/librispeech/run.sh --stop-stage 3 && \
 #     recipes/ema_scaling/run.sh --data exp/librispeech/data \
 #       --config configs/librispeech_paper.yaml --base-nproc 8 --nproc 8 --kappas "1 2 4"
@@ -30,6 +31,9 @@
 #
 # The supervised phase has no teacher (ema.start=pl_start), so it is the same for both rules and
 # runs once per kappa. At kappa = 1 the rules coincide: one run, the reference.
+# With --shared-warm-start it runs once, at the first kappa listed, and every continuation starts
+# from it (resuming at its own kappa): the teacher's rule is then compared from one common point,
+# apart from how the optimizer's rule copes with the first few hundred steps.
 set -euo pipefail
 
 stage=0
@@ -42,13 +46,14 @@ data=""                         # prepared shards/ + tokenizer/: skips stages 0-
 kappas="1 2 4"
 nproc=1                         # most processes (GPUs) a run may use
 base_nproc=1                    # processes of the kappa = 1 reference
+shared_warm=false               # --shared-warm-start: one warm start, at the first kappa
 seed=0
 overrides=()                    # key=value for every asr train
 
 usage() {
   sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"   # the comment block above
   echo "options: --stage N --stop-stage N --size tiny|demo|gpu --hours-scale X --config FILE --exp DIR --data DIR"
-  echo "         --kappas 'K ...' --nproc N --base-nproc B --seed N [key=value ...]"
+  echo "         --kappas 'K ...' --nproc N --base-nproc B --shared-warm-start --seed N [key=value ...]"
 }
 while (($#)); do
   case "$1" in
@@ -62,6 +67,7 @@ while (($#)); do
     --kappas) kappas="$2"; shift 2 ;;
     --nproc) nproc="$2"; shift 2 ;;
     --base-nproc) base_nproc="$2"; shift 2 ;;
+    --shared-warm-start) shared_warm=true; shift ;;
     --seed) seed="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *=*) overrides+=("$1"); shift ;;
@@ -98,6 +104,9 @@ for kappa in "${kappas[@]}"; do
   if ! [[ "$kappa" =~ ^[1-9][0-9]*$ ]]; then echo "--kappas: expected positive integers, got '$kappa'" >&2; exit 2; fi
   if [ "$kappa" -eq 1 ]; then sweep+=("1 power"); else sweep+=("$kappa power" "$kappa none"); fi
 done
+warm_kappas=("${kappas[@]}")
+if [ "$shared_warm" = true ]; then warm_kappas=("${kappas[0]}"); fi
+warm_of() { if [ "$shared_warm" = true ]; then echo "${kappas[0]}"; else echo "$1"; fi; }  # kappa -> its warm start's
 label() {  # kappa rule -> legend name
   if [ "$1" -eq 1 ]; then echo "kappa 1, reference"
   elif [ "$2" = power ]; then echo "kappa $1, rho^kappa"
@@ -135,7 +144,7 @@ if run_stage 3; then
 fi
 
 if run_stage 4; then
-  for kappa in "${kappas[@]}"; do
+  for kappa in "${warm_kappas[@]}"; do
     launcher "$kappa"
     log "Stage 4: supervised warm start at kappa $kappa (accumulation $accum)"
     # shellcheck disable=SC2016  # ${pl.start_hours} is an OmegaConf interpolation, for asr train
@@ -151,7 +160,7 @@ if run_stage 5; then
     launcher "$kappa"
     log "Stage 5: pseudo-labels at kappa $kappa, EMA rule $rule"
     "${asr_train[@]}" "${common[@]}" "train.exp_dir=$runs/kappa$kappa-$rule" "train.accum_steps=$accum" \
-      pl.enabled=true "scaling.ema_rule=$rule" "train.init_from=$runs/kappa$kappa-warm" "${overrides[@]}"
+      pl.enabled=true "scaling.ema_rule=$rule" "train.init_from=$runs/kappa$(warm_of "$kappa")-warm" "${overrides[@]}"
   done
   done_stage 5
 fi
@@ -173,7 +182,7 @@ if run_stage 7; then
   curves=()
   for run in "${sweep[@]}"; do
     read -r kappa rule <<< "$run"
-    curves+=("$(label "$kappa" "$rule")=$runs/kappa$kappa-warm,$runs/kappa$kappa-$rule")
+    curves+=("$(label "$kappa" "$rule")=$runs/kappa$(warm_of "$kappa")-warm,$runs/kappa$kappa-$rule")
   done
   python -m asr plot --runs "${curves[@]}" --out "$exp/ema_scaling.png" \
     --title "EMA Scaling Rule: $(basename "$config" .yaml), kappa ${kappas[*]}"

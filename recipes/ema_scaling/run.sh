@@ -23,7 +23,7 @@
 #   1 manifests                                           asr prepare
 #   2 shards                                              asr shard
 #   3 tokenizer                                           asr tokenizer
-#   4 supervised warm start, one per kappa                asr train (stops at the pseudo-label start)
+#   4 supervised warm start per kappa (or one shared)     asr train (stops at the pseudo-label start)
 #   5 pseudo-labeled continuation per kappa and EMA rule  asr train train.init_from=<warm start>
 #   6 evaluate every student and teacher                  asr eval
 #   7 curves of all runs against audio seen               asr plot

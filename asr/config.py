@@ -229,8 +229,6 @@ class TrainConfig:
     """``auto``, ``cpu`` or ``cuda``."""
     precision: str = "auto"
     """``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``fp32``."""
-    compile: bool = False
-    """torch.compile the student."""
     log_every_steps: int = 20
     """Progress line and TensorBoard scalars every N optimizer steps."""
     eval_every_hours: float = 1.0

@@ -277,8 +277,9 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
     if teacher is not None and cfg.pl.enabled and state.step >= hp.steps.pl_start:
         model.set_dropout(*pl_dropout(cfg))
 
-    # compile first, then DDP (keeps no_sync); checkpoints always save the bare `model`
-    student = torch.compile(model, dynamic=True) if cfg.train.compile else model
+    # eager: torch.compile(dynamic=True) of this model fails in inductor with torch 2.11
+    # (docs/PERFORMANCE.md); checkpoints always save the bare `model`
+    student = model
     if rt.world_size > 1:  # LayerDrop leaves parameters without gradients on some steps
         student = DDP(student, find_unused_parameters=max(cfg.model.layerdrop, cfg.pl.layerdrop or 0) > 0)
 

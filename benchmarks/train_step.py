@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the student (as train.compile=true)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile(dynamic=True) the student (fails with torch 2.11: docs/PERFORMANCE.md)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()

@@ -3,7 +3,7 @@
 # start -> (supervised-only | pseudo-labeled) continuation from the same checkpoint -> WER table.
 #
 #   recipes/synth/run.sh                          # CPU demo (~2M-parameter model, minutes)
-#   recipes/synth/run.sh --size gpu               # tens of hours, base-size model, one GPU
+#   recipes/synth/run.sh --size gpu               # 54 h of audio, 105M model: ~12.5 min on one H100
 #   recipes/synth/run.sh --stage 4 --stop-stage 6 # only some stages; finished ones are skipped
 #
 # Stages (each leaves a .done marker under the experiment folder; delete it to redo a stage):

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from asr.pseudo_label import REASONS
+
 
 class Meter:
     """Sums of one logging interval; read over all ranks, so that the logged loss of a run on
@@ -25,7 +27,7 @@ class Meter:
         self.loss, self.pl_loss, self.grad_norm, self.skipped = z(), z(), z(), z()
         self.batches = self.pl_batches = self.steps = 0
         self.seconds = self.padded_seconds = 0.0
-        self.pl_counts: dict[str, int] = {}
+        self.pl_counts = torch.zeros(len(REASONS), device=self.device, dtype=torch.float64)
         self.pl_errors = self.pl_words = 0
 
     def add_loss(self, loss: torch.Tensor, unlabeled: bool, seconds: float, padded: float) -> None:
@@ -43,9 +45,9 @@ class Meter:
         self.skipped += found_inf
         self.steps += 1
 
-    def add_pseudo_labels(self, counts: dict[str, int]) -> None:
-        for reason, n in counts.items():
-            self.pl_counts[reason] = self.pl_counts.get(reason, 0) + n
+    def add_pseudo_labels(self, reason_counts: torch.Tensor) -> None:
+        """``PseudoLabels.reason_counts``: summed on the device, read at the next flush."""
+        self.pl_counts += reason_counts
 
     def add_pl_wer(self, errors: int, words: int) -> None:
         self.pl_errors += errors
@@ -54,11 +56,10 @@ class Meter:
     def flush(self) -> dict[str, float]:
         """Read the sums (the one host sync of a logging interval, and one all-reduce over the
         ranks) and start a new interval. Every rank calls it at the same steps."""
-        reasons = sorted(self.pl_counts)  # the same on every rank: all are in the same phase
         host = [self.batches, self.pl_batches, self.seconds, self.padded_seconds, self.pl_errors,
-                self.pl_words, *(self.pl_counts[reason] for reason in reasons)]
+                self.pl_words]
         sums = torch.cat([torch.stack([self.loss, self.pl_loss]),
-                          torch.tensor(host, dtype=torch.float64, device=self.device)])
+                          torch.tensor(host, dtype=torch.float64, device=self.device), self.pl_counts])
         if self.world_size > 1:
             dist.all_reduce(sums)
         # the gradient norm and the skips come from all-reduced gradients: equal on every rank
@@ -69,7 +70,8 @@ class Meter:
             "pl_loss": pl_loss / pl_batches if pl_batches else float("nan"),
             "grad_norm": grad_norm / max(self.steps - skipped, 1), "skipped": skipped,
             "pl_batches": pl_batches,
-            **{f"pl_{reason}": n for reason, n in zip(reasons, counts, strict=True)},
+            # the labels' fates, in intervals with pseudo-labeled batches
+            **({f"pl_{reason}": n for reason, n in zip(REASONS, counts, strict=True)} if pl_batches else {}),
             "pl_wer": pl_errors / pl_words if pl_words else float("nan"),
             "padding_waste": 1 - seconds / padded_seconds if padded_seconds else 0.0,
         }

@@ -10,8 +10,9 @@ and slimIPL (Likhomanenko et al. 2021). A label is dropped when
   per token plus a blank between each pair of equal adjacent tokens, i.e.
   ``len + repeats <= T``; such a label would have an infinite loss.
 
-Everything is computed on the device for the whole batch, with one host sync for the
-padded width and the counts.
+Everything is computed on the device for the whole batch, without a host sync: the targets
+are padded to the batch's frame count (a kept label never has more tokens than frames) and
+the per-reason counts stay a device tensor until the logging interval reads them.
 """
 
 from __future__ import annotations
@@ -25,23 +26,21 @@ from torch import Tensor
 from asr.decode import ctc_keep_frames
 from asr.wer import edit_counts_batch
 
+REASONS = ("kept", "empty", "too_short", "too_long", "low_confidence")
+"""The fate of each label, in the order of ``PseudoLabels.reason_counts``."""
+
 
 @dataclass(frozen=True)
 class PseudoLabels:
-    targets: Tensor  # int64 [B, S]: collapsed teacher tokens, padded with the blank id
+    targets: Tensor  # int64 [B, T]: collapsed teacher tokens, padded with the blank id
     target_lengths: Tensor  # int64 [B]: tokens of each label (also for dropped ones)
     keep: Tensor  # bool [B]: the label is usable as a CTC target for the student
-    num_kept: int
-    num_empty: int  # no token at all
-    num_too_short: int  # 1 <= tokens < min_tokens
-    num_too_long: int  # tokens + adjacent repeats > the student's output frames
-    num_low_confidence: int = 0  # the teacher's mean token probability < min_confidence
+    reason_counts: Tensor  # int64 [len(REASONS)]: labels kept, and dropped for each reason
 
     @property
     def counts(self) -> dict[str, int]:
-        """Per-reason counts for logging; they add up to the batch size."""
-        return {"kept": self.num_kept, "empty": self.num_empty, "too_short": self.num_too_short,
-                "too_long": self.num_too_long, "low_confidence": self.num_low_confidence}
+        """Per-reason counts on the host (a sync: for tests and tools, not the training step)."""
+        return dict(zip(REASONS, self.reason_counts.tolist(), strict=True))
 
     def token_lists(self) -> list[list[int]]:
         """Every label's tokens on the host (one copy), e.g. to score them against truth."""
@@ -85,13 +84,10 @@ def make_pseudo_labels(teacher_log_probs: Tensor, teacher_lengths: Tensor,
     low_confidence = ~empty & ~too_short & ~too_long & (confidence < min_confidence)
     keep = ~(empty | too_short | too_long | low_confidence)
 
-    width, *counts = torch.stack([lengths.max(), keep.sum(), empty.sum(), too_short.sum(),
-                                  too_long.sum(), low_confidence.sum()]).tolist()
-    return PseudoLabels(
-        targets=padded[:, : max(width, 1)], target_lengths=lengths, keep=keep,
-        num_kept=counts[0], num_empty=counts[1], num_too_short=counts[2], num_too_long=counts[3],
-        num_low_confidence=counts[4],
-    )
+    reason_counts = torch.stack([keep.sum(), empty.sum(), too_short.sum(), too_long.sum(),
+                                 low_confidence.sum()])
+    return PseudoLabels(targets=padded[:, :frames], target_lengths=lengths, keep=keep,
+                        reason_counts=reason_counts)
 
 
 def pseudo_label_wer(hyp_texts: Sequence[str], truth_texts: Sequence[str]) -> tuple[int, int]:

@@ -482,7 +482,7 @@ def micro_step(student: torch.nn.Module, teacher: EMATeacher | None, batch: Batc
                                     blank_id=tokenizer.blank_id, min_tokens=cfg.pl.min_tokens,
                                     min_confidence=cfg.pl.min_confidence)
         targets, target_lengths, keep = labels.targets, labels.target_lengths, labels.keep
-        meter.add_pseudo_labels(labels.counts)
+        meter.add_pseudo_labels(labels.reason_counts)
         if batch.truths is not None and all(t is not None for t in batch.truths):  # quality only
             hyps = [tokenizer.decode(ids) for ids in labels.token_lists()]
             meter.add_pl_wer(*pseudo_label_wer(hyps, batch.truths))

@@ -53,8 +53,9 @@ def test_batch_counts_targets_and_padding():
     assert sum(pl.counts.values()) == len(rows)
     assert pl.keep.tolist() == [True, False, True, False, True, False]
     assert pl.target_lengths.tolist() == [3, 3, 3, 3, 4, 0]
-    assert pl.targets.shape == (6, 4)  # padded to the longest label
-    assert pl.targets[0].tolist() == [1, 1, 2, 0]  # padding is the blank id
+    # padded to the frame count, known without a host sync, with the blank id
+    assert pl.targets.shape == (6, log_probs.shape[1])
+    assert pl.targets[0].tolist()[:5] == [1, 1, 2, 0, 0] and set(pl.targets[5].tolist()) == {0}
     assert pl.token_lists() == greedy_decode(log_probs, lengths)  # frames past lengths ignored
 
 
@@ -71,8 +72,23 @@ def test_too_long_is_exactly_where_the_ctc_loss_is_infinite():
                       reduction="none", zero_infinity=False)
     nonempty = pl.target_lengths > 0
     assert torch.equal(pl.keep[nonempty], torch.isfinite(loss)[nonempty])
-    assert 0 < pl.num_too_long < batch and pl.num_kept > 0
+    assert 0 < pl.counts["too_long"] < batch and pl.counts["kept"] > 0
     assert (nonempty & ~pl.keep & (pl.target_lengths <= student_lengths)).any()  # repeats decided one
+
+
+def test_labels_are_made_without_reading_anything_on_the_host(monkeypatch):
+    """The training step stays asynchronous: no .item()/.tolist()/bool() of a device tensor."""
+    log_probs, lengths = teacher_output([[1, 1, 0, 2], [0, 3, 3, 0]])
+
+    def sync(*_):
+        raise AssertionError("host sync in make_pseudo_labels")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    pl = make_pseudo_labels(log_probs, lengths, torch.tensor([4, 4]), blank_id=0, min_tokens=1,
+                            min_confidence=0.5)
+    monkeypatch.undo()
+    assert pl.counts["kept"] + pl.counts["low_confidence"] == 2
 
 
 def test_min_tokens_below_one_is_an_error():

@@ -458,14 +458,16 @@ def _require(name: str, package: str) -> str:
 
 def installed_variants(espeak: str) -> dict[str, str]:
     """espeak-ng voice variants installed: file name -> sex ("M"/"F")."""
-    out = subprocess.run([espeak, "--voices=variant"], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([espeak, "--voices=variant"], stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, check=True).stdout
     return {m.group(2): m.group(1) for m in re.finditer(r"/([MF])\s+\S+\s+!v/(\S+)", out)}
 
 
 def _check_voices(espeak: str) -> dict[str, str]:
     variants = installed_variants(espeak)
     missing = [v for v in FORMANT_VARIANTS + KLATT_VARIANTS if v not in variants]
-    listing = subprocess.run([espeak, "--voices=en"], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run([espeak, "--voices=en"], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, check=True).stdout
     languages = {line.split()[1] for line in listing.splitlines()[1:] if line.split()}
     missing += [a for a in CLEAN_ACCENTS + HELD_OUT_ACCENTS if a not in languages]
     if missing:
@@ -649,7 +651,8 @@ def synthesize_corpus(out: str | Path, size: str = "tiny", hours_scale: float = 
 
     espeak, sox = _require("espeak-ng", "espeak-ng"), _require("sox", "sox")
     variant_sex = _check_voices(espeak)
-    version = subprocess.run([espeak, "--version"], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True).stdout
+    version = subprocess.run([espeak, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, check=True).stdout
     espeak_version = m.group(1) if (m := re.search(r"text-to-speech: (\S+)", version)) else "unknown"
     plan = plan_corpus(size, hours_scale, seed, load_sentences(), variant_sex)
 

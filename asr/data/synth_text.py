@@ -83,7 +83,8 @@ def read_kjv_verses() -> list[str]:
     """The 31,102 verses of the King James Bible, in canonical order."""
     bible = _require_command("bible", "bible-kjv", "the KJV sentence source")
     # -l sets the line width: wide enough that every verse is on one line.
-    proc = subprocess.run([bible, "-l100000", KJV_RANGE], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    proc = subprocess.run([bible, "-l100000", KJV_RANGE], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, check=False)
     verses = [m.group(1) for line in proc.stdout.splitlines() if (m := _VERSE.match(line))]
     if proc.returncode != 0 or len(verses) < 31000:
         raise FileNotFoundError(

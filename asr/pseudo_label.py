@@ -54,7 +54,7 @@ def make_pseudo_labels(teacher_log_probs: Tensor, teacher_lengths: Tensor,
     """Best-path labels of a teacher batch, and the keep/drop decision of each.
 
     teacher_log_probs: [B, T, V]; teacher_lengths, student_out_lengths: [B] frames. The
-    targets are padded ``[B, S]`` (what ``F.ctc_loss`` takes, with ``target_lengths``);
+    targets are padded ``[B, T]`` (what ``F.ctc_loss`` takes, with ``target_lengths``);
     select the kept rows with ``keep``, or weight a ``reduction="none"`` loss by it.
 
     ``min_confidence`` drops labels whose confidence, the teacher's mean best-path probability

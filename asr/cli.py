@@ -295,8 +295,23 @@ def _run_scale(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+class _VersionAction(argparse.Action):
+    """``--version`` that imports torch only when asked, so ``asr --help`` stays instant."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        from asr.runtime import version_report
+
+        print(version_report())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the versions of asr, Python, torch, torchaudio and CUDA, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("config", help="print the resolved config")
     _add_config_args(p)

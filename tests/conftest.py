@@ -22,6 +22,20 @@ from asr.config import load_config
 STEP_SECONDS = 15.0
 """Audio seconds per optimizer step of the tiny configs at kappa = 1 (scaling.reference_seconds)."""
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop the whole run at once, with the reason, when torchaudio's binary does not load beside
+    this torch: every test below would otherwise fail with the same import error."""
+    try:
+        import torchaudio  # noqa: F401  (loads libtorchaudio, built against one torch release)
+        from torchaudio._extension import _IS_TORCHAUDIO_EXT_AVAILABLE
+    except (ImportError, OSError) as err:
+        pytest.exit(f"torchaudio does not load beside torch {torch.__version__}: {err}\n"
+                    "Install the tested pair with: bash recipes/setup.sh --dev", returncode=3)
+    if not _IS_TORCHAUDIO_EXT_AVAILABLE:
+        pytest.exit(f"torchaudio's compiled extension is missing (torch {torch.__version__}); "
+                    "install the tested pair with: bash recipes/setup.sh --dev", returncode=3)
+
+
 MINI = Path(__file__).resolve().parents[2] / "shared" / "librispeech-mini"
 """115 real LibriSpeech utterances in the original layout (dev-clean, test-clean, test-other)."""
 

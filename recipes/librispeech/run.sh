@@ -73,6 +73,8 @@ while (($#)); do
   esac
 done
 
+# shellcheck source=recipes/shared/env.sh
+source "$(dirname "$0")/../shared/env.sh"
 log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[0]##*/}:${BASH_LINENO[0]}) $*"; }
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ] && [ ! -f "$exp/.done.$1" ]; }
 done_stage() { touch "$exp/.done.$1"; }

@@ -40,6 +40,8 @@ from asr.text.normalize import normalize_librispeech
 
 AUDIO_SUFFIXES = (".flac", ".wav")
 MANIFEST_KEYS = ("id", "audio", "duration", "num_samples", "sample_rate", "text", "speaker", "chapter")
+# Imported corpora (Kaldi, NeMo, lhotse) have no chapters and may have no speakers.
+REQUIRED_KEYS = ("id", "audio", "duration", "num_samples", "sample_rate", "text")
 
 # Reasons an entry is skipped; the summary counts entries by these strings.
 UNREADABLE = "unreadable audio"
@@ -140,10 +142,10 @@ def read_manifest_lines(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
                 entry = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number}: not a JSON object ({err.msg})") from None
-            missing = [k for k in MANIFEST_KEYS if not isinstance(entry, dict) or k not in entry]
+            missing = [k for k in REQUIRED_KEYS if not isinstance(entry, dict) or k not in entry]
             if missing:
                 raise ValueError(f"{path}:{number}: missing keys {', '.join(missing)}; "
-                                 f"expected {', '.join(MANIFEST_KEYS)}")
+                                 f"expected {', '.join(REQUIRED_KEYS)} (speaker, chapter optional)")
             rows.append((line, entry))
     return rows
 

@@ -130,14 +130,6 @@ def test_teacher_shares_no_storage_and_takes_no_gradients():
     torch.testing.assert_close(out, teacher.module(x).detach())
 
 
-def test_copy_from_sets_the_teacher_to_the_student():
-    student = Net()
-    teacher = EMATeacher(student)
-    perturbed(student, seed=1)
-    teacher.copy_from(student)
-    assert_state_close(teacher.state_dict(), student.state_dict(), atol=0)
-
-
 def test_update_under_dataparallel_and_compile_wrappers():
     torch.manual_seed(0)
     plain = Net()
@@ -205,3 +197,73 @@ def test_update_with_a_device_rho_does_not_synchronize():
             rho = rho * 1.0  # a rho computed on the device, as a schedule would
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_updates_reuse_the_lists_built_once_and_rebind_for_another_student(monkeypatch):
+    """No walk over the module tree per step: named_parameters is called on the first update
+    from a student only (and again for a new student, checked by name as before)."""
+    torch.manual_seed(0)
+    student = Net()
+    teacher = EMATeacher(student)
+    teacher.update(student, 0.9)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    perturbed(student, seed=1)
+    walks = []
+    original = nn.Module.named_parameters
+    monkeypatch.setattr(nn.Module, "named_parameters", lambda self, *a, **k: walks.append(1) or original(self, *a, **k))
+    teacher.update(student, torch.tensor(0.9))
+    assert walks == []
+    assert_state_close(teacher.state_dict(), expected_update(before, student, 0.9))
+
+    other = perturbed(Net(), seed=2)
+    other.load_state_dict(student.state_dict())
+    perturbed(other, seed=3)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    teacher.update(other, 0.5)
+    assert walks  # bound to the new student by name
+    assert_state_close(teacher.state_dict(), expected_update(before, other, 0.5))
+
+
+def test_load_state_dict_rebuilds_the_lists_so_updates_reach_the_loaded_weights():
+    torch.manual_seed(0)
+    student = Net()
+    teacher = EMATeacher(student)
+    teacher.update(student, 0.9)
+    saved = perturbed(Net(), seed=4).state_dict()
+    teacher.load_state_dict(saved)
+    teacher.update(student, 0.5)
+    assert_state_close(teacher.state_dict(), expected_update(saved, student, 0.5))
+
+
+def test_a_failing_update_compiler_warns_once_and_gives_the_eager_result(monkeypatch):
+    from torch._dynamo.exc import TorchDynamoException
+
+    def broken_compile(fn, **_):
+        def run(*args):
+            raise TorchDynamoException("no compiler here")
+        return run
+
+    torch.manual_seed(0)
+    student = Net()
+    fused, eager = EMATeacher(student, compile_update=True), EMATeacher(student, compile_update=False)
+    perturbed(student, seed=1)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="EMA update failed, running it eagerly"):
+        fused.update(student, torch.tensor(0.9))
+    fused.update(student, torch.tensor(0.9))  # no second warning: eager from now on
+    eager.update(student, torch.tensor(0.9))
+    eager.update(student, torch.tensor(0.9))
+    assert_state_close(fused.state_dict(), eager.state_dict(), atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused update is compiled on CUDA")
+def test_the_fused_cuda_update_matches_the_eager_formula():
+    torch.manual_seed(0)
+    student = Net().cuda()
+    fused, eager = EMATeacher(student), EMATeacher(student, compile_update=False)
+    for seed in range(3):
+        perturbed(student, seed=seed)
+        rho = torch.tensor(0.99, device="cuda")
+        fused.update(student, rho)
+        eager.update(student, rho)
+    assert_state_close(fused.state_dict(), eager.state_dict(), atol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from asr.model.encoder import Encoder
@@ -29,17 +31,19 @@ class CTCModel(nn.Module):
         """Exact number of output frames for each input length (the CTC input lengths)."""
         return self.frontend.output_lengths(feat_lengths)
 
-    def forward(self, feats: Tensor, feat_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, feats: Tensor, feat_lengths: Tensor, padded: bool = True) -> tuple[Tensor, Tensor]:
         """feats: float [B, T, n_mels]; feat_lengths: int [B], each in [1, T].
 
         Returns ``(log_probs [B, T', V] float32, out_lengths [B])``; frames past an
-        utterance's ``out_lengths`` are padding and carry no meaning.
+        utterance's ``out_lengths`` are padding and carry no meaning. ``padded=False`` is the
+        caller's promise, known on the host, that every ``feat_lengths`` is T: on CUDA the
+        encoder then attends without a mask (see :class:`~asr.model.encoder.Encoder`).
         """
         if feats.dim() != 3 or feat_lengths.shape != feats.shape[:1]:
             raise ValueError(f"CTCModel: expected feats [B, T, n_mels] and feat_lengths [B], got "
                              f"{tuple(feats.shape)} and {tuple(feat_lengths.shape)}")
         x, lengths = self.frontend(feats, feat_lengths)
-        x = self.encoder(self.dropout(x), lengths)
+        x = self.encoder(self.dropout(x), lengths, padded=padded)
         return self.head(x).float().log_softmax(dim=-1), lengths
 
     def set_dropout(self, dropout: float, layerdrop: float) -> None:
@@ -54,5 +58,7 @@ class CTCModel(nn.Module):
         """Seed LayerDrop's skip decisions; call with the optimizer step, identically on all ranks."""
         self.encoder.set_layerdrop_seed(seed)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def compile_blocks(self, dynamic: bool = True, backend: str = "inductor", **options: Any) -> None:
+        """``torch.compile`` the encoder blocks (one graph for all), LayerDrop staying eager;
+        see :meth:`Encoder.compile_blocks`. Works for the teacher too (eval, no_grad)."""
+        self.encoder.compile_blocks(dynamic=dynamic, backend=backend, **options)

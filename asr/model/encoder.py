@@ -1,14 +1,17 @@
 """Transformer encoder: pre-LN or post-LN blocks, optional convolution module, LayerDrop.
 
 Attention goes through ``F.scaled_dot_product_attention`` with a boolean key-padding mask
-[B, 1, 1, T]. Only *keys* are masked: every query row, padded or not, attends to at least one
+[B, 1, 1, T] (broadcast by the kernels, never a dense [B, H, T, T] tensor). Only *keys* are masked: every query row, padded or not, attends to at least one
 real frame (lengths are >= 1), so no row is all -inf and no NaN appears. On a GPU a mask
 rules out the flash kernel (it takes none); PyTorch 2.11 on an H100 then picks the cuDNN
 kernel (bf16, head size 192 in the paper model), else the memory-efficient one, both with
 flash-like memory. At utterance lengths (a few hundred encoder frames) attention is a small
 share of a step, so the mask costs little; duration bucketing keeps the padded work small.
 Packing utterances into variable-length (cu_seqlens) flash calls would drop the mask, but
-needs private PyTorch APIs.
+needs private PyTorch APIs. A caller that knows, on the host, that no frame of the batch is
+padding passes ``padded=False`` and on CUDA the mask is dropped, which lets SDPA pick the
+flash kernel; on the CPU the mask is kept, so CPU results stay bit-identical. Whether a batch
+is padded is never read from a device tensor: that would be a host sync.
 
 Padding invariance: everything that mixes frames (attention, the depthwise convolution, the
 positional convolution) ignores padded frames, and the convolution module uses LayerNorm
@@ -20,13 +23,19 @@ comes from a private generator seeded with ``(seed, forward count since the seed
 the trainer calls ``set_layerdrop_seed(step)`` once per optimizer step, and every rank, doing
 the same number of forwards, draws the same pattern. Skipped blocks get no gradient, so DDP
 needs ``find_unused_parameters=True`` when layerdrop > 0. Under ``torch.compile`` the
-Python-level skip causes one graph per pattern; compile the blocks, not the whole model, then.
+Python-level skip causes one graph per pattern, and compiling the whole model changed the
+draws; ``compile_blocks`` therefore compiles one block's forward (a single graph, shared by all
+blocks) and leaves the skip decision in the eager loop, with the same draws as uncompiled.
 """
 
 from __future__ import annotations
 
+import functools
 import random
+import warnings
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,8 +53,9 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        """x: [B, T, d]; attn_mask: bool [B, 1, 1, T], True on keys that take part."""
+    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """x: [B, T, d]; attn_mask: bool [B, 1, 1, T], True on keys that take part, or None
+        when every key does."""
         batch, frames, d_model = x.shape
         q, k, v = self.qkv(x).view(batch, frames, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
@@ -108,7 +118,7 @@ class EncoderBlock(nn.Module):
             return x + self.dropout(branch(norm(x), *args))
         return norm(x + self.dropout(branch(x, *args)))
 
-    def forward(self, x: Tensor, pad_mask: Tensor, attn_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pad_mask: Tensor, attn_mask: Tensor | None) -> Tensor:
         x = self._residual(x, self.attn_norm, self.attn, attn_mask)
         if self.conv is not None:
             x = self._residual(x, self.conv_norm, self.conv, pad_mask)
@@ -121,9 +131,9 @@ class Encoder(nn.Module):
     def __init__(self, d_model: int, num_layers: int, num_heads: int, ffn_dim: int,
                  dropout: float, attention_dropout: float, layerdrop: float, norm_first: bool,
                  position: str, pos_conv_kernel: int, pos_conv_groups: int,
-                 conv_kernel: int | None) -> None:
+                 conv_kernel: int | None, pos_conv_impl: str = "auto") -> None:
         super().__init__()
-        self.position = build_position(position, d_model, pos_conv_kernel, pos_conv_groups)
+        self.position = build_position(position, d_model, pos_conv_kernel, pos_conv_groups, pos_conv_impl)
         # Post-LN blocks expect normalised input; pre-LN blocks normalise their own input and
         # leave the residual stream unnormalised, hence the LayerNorm at the other end.
         self.input_norm = nn.Identity() if norm_first else nn.LayerNorm(d_model)
@@ -133,6 +143,32 @@ class Encoder(nn.Module):
             for _ in range(num_layers))
         self.layerdrop = layerdrop
         self.set_layerdrop_seed(0)
+        self._compiled_block: Any = None  # set by compile_blocks
+
+    def compile_blocks(self, dynamic: bool = True, backend: str = "inductor", **options: Any) -> None:
+        """Run every block through one ``torch.compile``d function (one graph for all blocks).
+
+        The block is an argument of the compiled function, so with PyTorch's default inlining
+        of ``nn.Module`` calls its parameters are graph inputs and every block of the same
+        structure reuses the same graph. ``dynamic=True`` keeps one graph across batch shapes.
+        Parameter names are unchanged (no ``_orig_mod.`` wrapper), so checkpoints are too.
+        LayerDrop stays outside, in :meth:`forward`. If compiling fails (e.g. an inductor
+        error), a warning gives the reason once and the blocks run eagerly from then on.
+        ``options`` go to ``torch.compile`` (``mode``, ``fullgraph``, ...).
+        """
+        self._compiled_block = torch.compile(_run_block, dynamic=dynamic, backend=backend, **options)
+
+    def _block(self, layer: nn.Module, x: Tensor, pad_mask: Tensor, attn_mask: Tensor | None) -> Tensor:
+        if self._compiled_block is None:
+            return layer(x, pad_mask, attn_mask)
+        try:
+            return self._compiled_block(layer, x, pad_mask, attn_mask)
+        except _compile_errors() as err:
+            reason = " ".join(str(err).split())[:500]
+            warnings.warn(f"torch.compile of the encoder blocks failed, running them eagerly: "
+                          f"{type(err).__name__}: {reason}", RuntimeWarning, stacklevel=2)
+            self._compiled_block = None
+            return layer(x, pad_mask, attn_mask)
 
     def set_layerdrop_seed(self, seed: int) -> None:
         """Seed the LayerDrop draws; the same seed on every rank gives the same skipped blocks."""
@@ -147,12 +183,32 @@ class Encoder(nn.Module):
         self._layerdrop_forwards += 1
         return [rng.random() >= self.layerdrop for _ in self.layers]
 
-    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """x: [B, T, d] front-end output; lengths: [B] real frames (>= 1). Returns [B, T, d]."""
+    def forward(self, x: Tensor, lengths: Tensor, padded: bool = True) -> Tensor:
+        """x: [B, T, d] front-end output; lengths: [B] real frames (>= 1). Returns [B, T, d].
+
+        ``padded=False`` promises that every length is T: on CUDA attention then runs without
+        a mask (the flash kernel). The default keeps the mask, which is always correct.
+        """
         pad_mask = lengths_to_mask(lengths, x.size(1))
-        attn_mask = pad_mask[:, None, None, :]
+        attn_mask = None if not padded and x.is_cuda else pad_mask[:, None, None, :]
         x = self.input_norm(self.position(x, pad_mask))
         for layer, run in zip(self.layers, self._blocks_to_run(), strict=True):
             if run:
-                x = layer(x, pad_mask, attn_mask)
+                x = self._block(layer, x, pad_mask, attn_mask)
         return self.final_norm(x)
+
+
+def _run_block(layer: nn.Module, x: Tensor, pad_mask: Tensor, attn_mask: Tensor | None) -> Tensor:
+    """One encoder block; a module-level function so that one compiled graph serves all blocks
+    (and a deep copy of the model, such as the EMA teacher, does not call back into the original)."""
+    return layer(x, pad_mask, attn_mask)
+
+
+@functools.cache
+def _compile_errors() -> tuple[type[Exception], ...]:
+    """Errors raised when torch.compile itself fails (not the model): dynamo's and inductor's.
+    Imported on first use: ``torch._dynamo`` is slow to import and eager runs never need it."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
+
+    return TorchDynamoException, InductorError

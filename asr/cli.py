@@ -51,11 +51,18 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="scan a LibriSpeech folder into JSONL manifests")
-    p.add_argument("--corpus", type=Path, required=True, help="folder holding LibriSpeech/<split>/ (or the LibriSpeech folder itself)")
+    p = sub.add_parser("prepare", help="a LibriSpeech folder, Kaldi data dir, NeMo or lhotse manifest into JSONL manifests")
+    p.add_argument("--corpus", type=Path, required=True,
+                   help="LibriSpeech: folder holding LibriSpeech/<split>/ (or that folder); kaldi: a data dir "
+                        "(wav.scp, text, utt2spk, segments) or a folder of them; nemo: the manifest file; "
+                        "lhotse: a CutSet file, or a folder with recordings + supervisions manifests")
+    p.add_argument("--format", choices=["auto", "librispeech", "kaldi", "nemo", "lhotse"], default="auto",
+                   help="what --corpus is (auto: told from its files)")
+    p.add_argument("--name", default=None,
+                   help="split name of a single Kaldi dir, NeMo or lhotse manifest (default: its folder or file name)")
     p.add_argument("--out", type=Path, required=True, help="writes <out>/manifests/<split>.jsonl")
     p.add_argument("--splits", nargs="*", default=None, help="splits to prepare (default: all found)")
-    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--sample-rate", type=int, default=16000, help="rate of the manifests' audio, in Hz")
     p.add_argument("--resample", action="store_true", help="resample other rates instead of rejecting them")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (0: all cores)")
     p.add_argument("--combine", nargs="*", type=_combine_spec, default=[], metavar="NAME=A+B",
@@ -71,10 +78,19 @@ def _combine_spec(text: str) -> tuple[str, list[str]]:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
+    from asr.data.importers import detect_format, import_corpus
     from asr.data.manifest import prepare_corpus
 
-    prepare_corpus(args.corpus, args.out, splits=args.splits, sample_rate=args.sample_rate,
-                   resample=args.resample, jobs=args.jobs, combine=dict(args.combine))
+    fmt = detect_format(args.corpus) if args.format == "auto" else args.format
+    if fmt == "librispeech":
+        if args.name is not None:
+            raise ValueError("--name: LibriSpeech splits keep their folder names (use --combine to pool them)")
+        prepare_corpus(args.corpus, args.out, splits=args.splits, sample_rate=args.sample_rate,
+                       resample=args.resample, jobs=args.jobs, combine=dict(args.combine))
+    else:
+        import_corpus(fmt, args.corpus, args.out, name=args.name, splits=args.splits,
+                      sample_rate=args.sample_rate, resample=args.resample, jobs=args.jobs,
+                      combine=dict(args.combine))
     return 0
 
 
@@ -105,10 +121,11 @@ def _run_shard(args: argparse.Namespace) -> int:
 def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="build the tokenizer (letters, or train sentencepiece on the labeled text)")
     p.add_argument("--out", type=Path, required=True, help="tokenizer folder")
-    p.add_argument("--kind", choices=["letters", "sentencepiece"], default="letters")
+    p.add_argument("--kind", choices=["letters", "sentencepiece"], default="letters",
+                   help="letters (A-Z, apostrophe, word boundary) or a trained sentencepiece model")
     p.add_argument("--text-from", type=Path, help="manifest (.jsonl) or shard index folder whose texts train sentencepiece")
-    p.add_argument("--vocab-size", type=int, default=128)
-    p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram")
+    p.add_argument("--vocab-size", type=int, default=128, help="sentencepiece vocabulary, blank and <unk> included")
+    p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece model type")
 
 
 def _run_tokenizer(args: argparse.Namespace) -> int:
@@ -144,29 +161,110 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (or folder: its last.pt)")
     p.add_argument("--data", type=Path, required=True, help="shards folder, manifest folder/file, or LibriSpeech folder")
     p.add_argument("--split", nargs="*", default=None, help="splits to decode (default: the checkpoint's dev splits)")
-    p.add_argument("--weights", choices=["student", "teacher"], default="student")
-    p.add_argument("--average-last", type=int, default=1, help="average the weights of the last N checkpoints")
+    _add_weights_args(p)
     p.add_argument("--decoder", choices=["greedy", "beam"], default=None, help="default: the checkpoint config's eval.decoder")
-    p.add_argument("--beam-size", type=int, default=None)
-    p.add_argument("--lexicon", type=Path, default=None)
-    p.add_argument("--lm", type=Path, default=None, help="KenLM n-gram (arpa or binary)")
-    p.add_argument("--lm-weight", type=float, default=None)
-    p.add_argument("--word-score", type=float, default=None)
-    p.add_argument("--batch-seconds", type=float, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--beam-size", type=int, default=None, help="beam width (default: the config's eval.beam_size)")
+    p.add_argument("--lexicon", type=Path, default=None,
+                   help="word list (or words with spellings) the beam may emit (default: the config's eval.lexicon)")
+    p.add_argument("--lm", type=Path, default=None, help="KenLM n-gram, arpa or binary (default: the config's eval.lm)")
+    p.add_argument("--lm-weight", type=float, default=None, help="language-model weight (default: the config's eval.lm_weight)")
+    p.add_argument("--word-score", type=float, default=None, help="score added per word (default: the config's eval.word_score)")
+    p.add_argument("--batch-seconds", type=float, default=None,
+                   help="padded audio seconds a decoding batch (default: the config's eval.batch_seconds)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (the run's own device rules)")
     p.add_argument("--out", type=Path, required=True, help="writes <out>/<split>/ reports")
     p.add_argument("--name", default=None, help="system name for the markdown row (default: from the checkpoint)")
 
 
+def _add_weights_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=["student", "teacher"], default="student",
+                   help="which weights of the checkpoint to use (the teacher is the EMA of the student)")
+    p.add_argument("--average-last", type=int, default=1, help="average the weights of the last N checkpoints")
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from asr.evaluate import evaluate_checkpoint
+    from asr.transcribe import load_inference_model
 
+    load_inference_model(args.checkpoint, args.weights, args.average_last)  # a bad file: one clear line
     evaluate_checkpoint(
         args.checkpoint, args.data, splits=args.split, weights=args.weights,
         average_last=args.average_last, decoder=args.decoder, beam_size=args.beam_size,
         lexicon=args.lexicon, lm=args.lm, lm_weight=args.lm_weight, word_score=args.word_score,
         batch_seconds=args.batch_seconds, device=args.device, out_dir=args.out, name=args.name,
     )
+    return 0
+
+
+# --- asr transcribe ---------------------------------------------------------------------------
+
+
+def _add_transcribe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files with a checkpoint")
+    p.add_argument("checkpoint", type=Path, help="checkpoint file (or experiment folder: its last.pt)")
+    p.add_argument("audio", nargs="+", type=Path,
+                   help="audio files (any rate or channel count), folders (searched recursively) or list "
+                        "files (one path a line)")
+    _add_weights_args(p)
+    p.add_argument("--format", choices=["text", "kaldi", "json"], default="text",
+                   help="text: one transcript a line; kaldi: '<file stem> <TEXT>'; json: one object a "
+                        "line with per-word start/end seconds and confidences")
+    p.add_argument("--out", type=Path, default=None, help="write here (atomically) instead of standard output")
+    p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy",
+                   help="beam: flashlight-text search, optionally with --lm and --lexicon")
+    p.add_argument("--beam-size", type=int, default=50, help="beam width")
+    p.add_argument("--lexicon", type=Path, default=None, help="word list the beam may emit (default: any)")
+    p.add_argument("--lm", type=Path, default=None, help="KenLM n-gram, arpa or binary (default: none)")
+    p.add_argument("--lm-weight", type=float, default=2.0, help="language-model weight")
+    p.add_argument("--word-score", type=float, default=0.0, help="score added per word")
+    p.add_argument("--chunk-seconds", type=float, default=30.0,
+                   help="longer files are cut near this length at a quiet point and joined")
+    p.add_argument("--batch-seconds", type=float, default=200.0, help="padded audio seconds a batch")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
+
+
+def _run_transcribe(args: argparse.Namespace) -> int:
+    from asr.transcribe import Transcriber, collect_audio, format_transcripts
+
+    files = collect_audio(args.audio)
+    transcriber = Transcriber(args.checkpoint, weights=args.weights, average_last=args.average_last,
+                              device=args.device, decoder=args.decoder, beam_size=args.beam_size,
+                              lexicon=args.lexicon, lm=args.lm, lm_weight=args.lm_weight,
+                              word_score=args.word_score)
+    transcripts = transcriber.transcribe(files, chunk_seconds=args.chunk_seconds,
+                                         batch_seconds=args.batch_seconds, timings=args.format == "json")
+    text = format_transcripts(transcripts, args.format)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        from asr.data.manifest import write_atomic
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.out, text)
+    return 0
+
+
+# --- asr export -------------------------------------------------------------------------------
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to TorchScript and ONNX (waveform in, log-probs out)")
+    p.add_argument("checkpoint", type=Path, help="checkpoint file (or experiment folder: its last.pt)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for model.torchscript.pt, model.onnx, tokens.json, transcribe.py, export.json")
+    _add_weights_args(p)
+    p.add_argument("--formats", nargs="+", choices=["torchscript", "onnx"], default=["torchscript", "onnx"],
+                   help="files to write (onnx needs pip install -e '.[export]')")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest |log-prob difference| from the eager model that an exported file may have")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from asr.export import export_checkpoint
+
+    export_checkpoint(args.checkpoint, args.out, weights=args.weights, average_last=args.average_last,
+                      formats=tuple(args.formats), opset=args.opset, tolerance=args.tolerance)
     return 0
 
 
@@ -179,7 +277,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hyp", type=Path, required=True, help="hypothesis transcripts (Kaldi text or .trn)")
     p.add_argument("--format", choices=["auto", "kaldi", "trn"], default="auto", help="auto: by extension")
     p.add_argument("--compare", type=Path, default=None, help="second hypothesis: paired bootstrap test")
-    p.add_argument("--normalize", choices=["librispeech", "none"], default="librispeech")
+    p.add_argument("--normalize", choices=["librispeech", "none"], default="librispeech",
+                   help="text normalization of both sides before scoring (none: whitespace only)")
     p.add_argument("--out", type=Path, default=None, help="write alignments and reports to this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -249,19 +348,21 @@ def _add_scale(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scale", help="derive effective hyper-parameters for a batch size (the EMA Scaling Rule)")
     p.add_argument("--reference-seconds", type=float, required=True, help="global audio seconds per step at kappa = 1")
     p.add_argument("--batch-seconds", type=float, required=True, help="per-GPU audio seconds per micro-batch")
-    p.add_argument("--world-size", type=int, default=1)
-    p.add_argument("--accum", type=int, default=1)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "adagrad"], required=True)
-    p.add_argument("--rule", choices=["auto", "sgd", "adam", "adagrad", "none"], default="auto")
-    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--world-size", type=int, default=1, help="GPUs (ranks) in the run")
+    p.add_argument("--accum", type=int, default=1, help="gradient-accumulation micro-batches per optimizer step")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "adagrad"], required=True, help="the optimizer")
+    p.add_argument("--rule", choices=["auto", "sgd", "adam", "adagrad", "none"], default="auto",
+                   help="optimizer scaling rule (auto: the optimizer's own; none: keep the base values)")
+    p.add_argument("--lr", type=float, required=True, help="learning rate at kappa = 1")
     p.add_argument("--betas", type=_betas, default=(0.9, 0.98), help="B1,B2 (Adam/AdamW)")
-    p.add_argument("--eps", type=float, default=1e-8)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon at kappa = 1")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay at kappa = 1")
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
     p.add_argument("--rho", type=float, required=True, help="EMA teacher momentum at kappa = 1")
     p.add_argument("--ema-rule", choices=["power", "none"], default="power", help="power: rho -> rho^kappa")
     p.add_argument("--hours", type=float, nargs="*", default=[], help="schedule points in hours of audio")
-    p.add_argument("--on-invalid", choices=["warn", "error"], default="warn")
+    p.add_argument("--on-invalid", choices=["warn", "error"], default="warn",
+                   help="what a scaled value outside its valid range does")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -308,23 +409,38 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, False, []) or the
+    help text already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action) or ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asr", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="asr", description=__doc__.splitlines()[0],
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action=_VersionAction,
                         help="print the versions of asr, Python, torch, torchaudio and CUDA, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("config", help="print the resolved config")
     _add_config_args(p)
     for add in (_add_synth, _add_prepare, _add_shard, _add_tokenizer, _add_train, _add_eval,
-                _add_score, _add_results, _add_plot, _add_scale):
+                _add_transcribe, _add_export, _add_score, _add_results, _add_plot, _add_scale):
         add(sub)
+    for subparser in sub.choices.values():
+        subparser.formatter_class = _HelpFormatter
     return parser
 
 
 _HANDLERS = {
     "config": _run_config, "synth": _run_synth, "prepare": _run_prepare, "shard": _run_shard,
     "tokenizer": _run_tokenizer, "train": _run_train, "eval": _run_eval, "score": _run_score,
-    "results": _run_results, "plot": _run_plot, "scale": _run_scale,
+    "results": _run_results, "plot": _run_plot, "scale": _run_scale, "transcribe": _run_transcribe,
+    "export": _run_export,
 }
 
 
@@ -337,6 +453,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"asr {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:
+        if "pip install" not in str(err):  # a broken install is not the user's input: keep the traceback
+            raise
+        print(f"asr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"asr {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

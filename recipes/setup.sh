@@ -24,7 +24,7 @@ root=$PWD
 extras=""
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras="[dev,beam,lhotse]" ;;
+    --dev) extras="[dev,beam,lhotse,export]" ;;
     -h|--help) sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option: $arg (expected --dev)" >&2; exit 2 ;;
   esac

@@ -156,3 +156,25 @@ def test_ctc_loss_is_the_same_compiled():
         log_probs, out_lengths = net(feats, lengths)
         losses.append(F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths))
     torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to observe host synchronization")
+def test_cuda_training_step_makes_no_host_sync_and_padded_false_drops_only_the_mask():
+    model = make(layerdrop=0.3, dropout=0.1, attention_dropout=0.1, conv_module=True).cuda().train()
+    feats, lengths = ragged_batch([50, 31, 4])
+    feats, lengths = feats.cuda(), lengths.cuda()
+    model.set_layerdrop_seed(1)
+    model(feats, lengths)[0].sum().backward()  # warm-up: cuFFT plans, cuBLAS handles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            log_probs, _ = model(feats, lengths)
+        log_probs.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    full = torch.full_like(lengths, feats.shape[1])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(feats, full, padded=False)[0], model(feats, full)[0],
+                                   atol=1e-4, rtol=1e-4)

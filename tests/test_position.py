@@ -103,5 +103,22 @@ def test_parameters_and_checkpoints_are_the_same_for_both_impls():
 
 
 def test_an_unknown_impl_is_refused_with_the_config_key():
-    with pytest.raises(ValueError, match="model.pos_conv_impl"):
+    with pytest.raises(ValueError, match=r"model\.pos_conv_impl"):
         ConvPositionalEmbedding(32, 8, 4, impl="winograd")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the FFT runs on cuFFT there")
+def test_fft_matches_the_direct_convolution_on_cuda_at_the_paper_size():
+    torch.manual_seed(0)
+    module = ConvPositionalEmbedding(768, 128, 16, impl="direct").cuda()
+    x = torch.randn(4, 417, 768, device="cuda")
+    pad_mask = torch.arange(417, device="cuda") < torch.tensor([417, 300, 12, 417], device="cuda")[:, None]
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            direct_out = module(x, pad_mask)
+            module.impl = "fft"
+            fft_out = module(x, pad_mask)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    assert relative_error(fft_out - x, direct_out - x) < 1e-5

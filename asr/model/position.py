@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 POS_CONV_IMPLS = ("auto", "direct", "fft")
 """How the convolution is computed: ``auto`` is ``fft`` on CUDA and ``direct`` elsewhere."""
 

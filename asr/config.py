@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
+
+from asr.scaling import EMARule, OnInvalid, OptimizerName, OptimizerRule
 
 
 class ConfigError(ValueError):
@@ -52,11 +55,11 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "letters"
+    kind: Literal["letters", "sentencepiece"] = "letters"
     """``letters`` (LibriSpeech alphabet, apostrophe, word boundary) or ``sentencepiece``."""
     vocab_size: int = 128
     """Sentencepiece vocabulary size (ignored for letters)."""
-    model_type: str = "unigram"
+    model_type: Literal["unigram", "bpe"] = "unigram"
     """Sentencepiece model type: ``unigram`` or ``bpe``."""
     path: str | None = None
     """Trained tokenizer folder; default ``<exp_dir>/tokenizer``, trained/written at start."""
@@ -72,13 +75,13 @@ class FeatureConfig:
     """Analysis window in milliseconds."""
     hop_ms: float = 10.0
     """Frame shift in milliseconds."""
-    normalize: str = "utterance"
+    normalize: Literal["utterance", "none"] = "utterance"
     """``utterance`` (mean/variance per utterance and channel over its valid frames) or ``none``."""
 
 
 @dataclass
 class SpecAugmentConfig:
-    policy: str = "LD"
+    policy: Literal["none", "LB", "LD", "custom"] = "LD"
     """Preset: ``LB``/``LD`` (Park et al. 2019 LibriSpeech basic/double), ``custom`` or ``none``."""
     freq_masks: int = 2
     """Number of frequency masks (custom policy)."""
@@ -96,7 +99,7 @@ class SpecAugmentConfig:
 
 @dataclass
 class ModelConfig:
-    frontend: str = "conv1d"
+    frontend: Literal["conv1d", "conv2d"] = "conv1d"
     """``conv1d`` (kernel 7, stride 3, GLU: slimIPL) or ``conv2d`` (two stride-2 convs: 4x)."""
     d_model: int = 144
     """Encoder width."""
@@ -114,7 +117,7 @@ class ModelConfig:
     """Probability of skipping a whole block in training (Fan et al. 2019)."""
     norm_first: bool = True
     """Pre-LN (True) or post-LN (False) blocks."""
-    position: str = "conv"
+    position: Literal["conv", "sinusoidal"] = "conv"
     """Positional scheme: ``conv`` (convolutional relative, any length) or ``sinusoidal``."""
     conv_module: bool = False
     """Add a depthwise-convolution module to each block (conformer-style)."""
@@ -128,7 +131,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"
+    name: OptimizerName = "adam"
     """``sgd``, ``adam``, ``adamw`` or ``adagrad``."""
     lr: float = 1e-3
     """Peak learning rate at kappa = 1."""
@@ -150,7 +153,7 @@ class ScheduleConfig:
     """Length of training in hours of audio seen (labeled + unlabeled)."""
     warmup_hours: float = 0.5
     """Linear learning-rate warm-up length."""
-    decay: str = "cosine"
+    decay: Literal["cosine", "linear", "step", "constant"] = "cosine"
     """After warm-up: ``constant``, ``cosine``, ``linear`` or ``step``."""
     decay_start_hours: float = 0.0
     """Hours of audio seen before decay begins (clamped to the end of warm-up)."""
@@ -174,16 +177,13 @@ class ProgressiveStage:
 class ScalingConfig:
     reference_seconds: float = 120.0
     """Global audio seconds per optimizer step at which the base hyper-parameters hold (kappa = 1)."""
-    unit: str = "seconds"
-    """What kappa counts: ``seconds`` of padded audio or ``utterances``."""
-    reference_utterances: float = 32.0
-    """Global utterances per optimizer step at kappa = 1 (``unit=utterances``)."""
-    optimizer_rule: str = "auto"
+    optimizer_rule: OptimizerRule = "auto"
     """``auto`` (the optimizer's own rule), ``sgd``, ``adam``, ``adagrad`` or ``none``."""
-    ema_rule: str = "power"
+    ema_rule: EMARule = "power"
     """``power`` (rho -> rho^kappa, the EMA Scaling Rule) or ``none`` (rho fixed)."""
-    on_invalid: str = "warn"
-    """When a scaled value leaves its valid range: ``warn`` (clamp) or ``error``."""
+    on_invalid: OnInvalid = "error"
+    """When a scaled value leaves its valid range (an Adam beta at kappa >= 1 / (1 - beta), rho^kappa
+    underflowing): ``error`` refuses the run, naming the kappa and the value; ``warn`` clamps it."""
     progressive: list[ProgressiveStage] = field(default_factory=list)
     """Batch-size schedule over data seen, as accumulation steps; empty keeps train.accum_steps."""
 
@@ -192,7 +192,7 @@ class ScalingConfig:
 class EMAConfig:
     rho: float = 0.999
     """Teacher momentum per optimizer step at kappa = 1."""
-    start: str = "pl_start"
+    start: Literal["pl_start", "step0"] = "pl_start"
     """When the teacher is created as a copy of the student: ``pl_start`` or ``step0``."""
 
 
@@ -225,9 +225,9 @@ class TrainConfig:
     """Seed of model initialisation and augmentation."""
     accum_steps: int = 1
     """Gradient-accumulation micro-batches per optimizer step (per rank)."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``, ``cpu`` or ``cuda``."""
-    precision: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``fp32``."""
     log_every_steps: int = 20
     """Progress line and TensorBoard scalars every N optimizer steps."""
@@ -254,7 +254,7 @@ class TrainConfig:
 class EvalConfig:
     batch_seconds: float = 200.0
     """Padded audio seconds per decoding batch."""
-    decoder: str = "greedy"
+    decoder: Literal["greedy", "beam"] = "greedy"
     """``greedy`` or ``beam`` (torchaudio ctc_decoder; needs flashlight-text)."""
     beam_size: int = 50
     """Beam width."""
@@ -317,6 +317,10 @@ def _wrap(err: Exception, source: str) -> ConfigError:
     msg = getattr(err, "msg", str(err)).split("\n")[0]
     value = getattr(err, "value", None)
     where = f"key '{key}'" if key else "config"
+    choices = re.fullmatch(r"Invalid value '(.*)', expected one of \[(.*)\]", msg)
+    if choices:  # a typed choice (Literal) of the schema
+        allowed = ", ".join(part.strip().strip("'") for part in choices.group(2).split(","))
+        return ConfigError(f"{source}: {where}: got {choices.group(1)!r}, allowed values are {allowed}")
     got = f" (got {value!r})" if value is not None else ""
     return ConfigError(f"{source}: {where}: {msg}{got}")
 
@@ -369,12 +373,6 @@ def to_yaml(cfg: DictConfig) -> str:
 # Validation: each rule names the key, the value and what is allowed.
 
 
-def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value not in allowed:
-        raise ConfigError(f"key '{key}': got {value!r}, allowed values are {', '.join(allowed)}")
-
-
 def _check(cfg: DictConfig, key: str, ok: Any, allowed: str) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None or (isinstance(value, float) and math.isnan(value)) or not ok(value):
@@ -398,8 +396,6 @@ def validate(cfg: DictConfig) -> None:
     if not cfg.data.dev_splits:
         raise ConfigError("key 'data.dev_splits': expected at least one split name")
 
-    _choice(cfg, "tokenizer.kind", ("letters", "sentencepiece"))
-    _choice(cfg, "tokenizer.model_type", ("unigram", "bpe"))
     _check(cfg, "tokenizer.vocab_size", lambda v: v >= 32, "an integer >= 32")
 
     _check(cfg, "features.sample_rate", pos, "a positive sample rate in Hz")
@@ -407,16 +403,12 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "features.win_ms", pos, "positive milliseconds")
     _check(cfg, "features.hop_ms", lambda v: 0 < v <= cfg.features.win_ms,
            f"milliseconds in (0, features.win_ms={cfg.features.win_ms}]")
-    _choice(cfg, "features.normalize", ("utterance", "none"))
 
-    _choice(cfg, "specaug.policy", ("none", "LB", "LD", "custom"))
     for key in ("freq_masks", "freq_width", "time_masks", "time_width"):
         _check(cfg, f"specaug.{key}", nonneg, "an integer >= 0")
     _check(cfg, "specaug.time_ratio", lambda v: 0 < v <= 1, "a fraction in (0, 1]")
     _check(cfg, "specaug.start_hours", nonneg, "hours >= 0")
 
-    _choice(cfg, "model.frontend", ("conv1d", "conv2d"))
-    _choice(cfg, "model.position", ("conv", "sinusoidal"))
     for key in ("d_model", "num_layers", "num_heads", "ffn_dim", "conv_kernel"):
         _check(cfg, f"model.{key}", pos, "a positive integer")
     _check(cfg, "model.d_model", lambda v: v % cfg.model.num_heads == 0,
@@ -428,7 +420,6 @@ def validate(cfg: DictConfig) -> None:
     for key in ("dropout", "attention_dropout", "layerdrop"):
         _check(cfg, f"model.{key}", unit, "a probability in [0, 1)")
 
-    _choice(cfg, "optim.name", ("sgd", "adam", "adamw", "adagrad"))
     _check(cfg, "optim.lr", pos, "a positive learning rate")
     _check(cfg, "optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
            "two values in [0, 1), e.g. [0.9, 0.98]")
@@ -440,7 +431,6 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "schedule.total_hours", pos, "positive hours of audio")
     _check(cfg, "schedule.warmup_hours", lambda v: 0 <= v <= cfg.schedule.total_hours,
            f"hours in [0, schedule.total_hours={cfg.schedule.total_hours}]")
-    _choice(cfg, "schedule.decay", ("constant", "cosine", "linear", "step"))
     _check(cfg, "schedule.decay_start_hours", nonneg, "hours >= 0")
     _check(cfg, "schedule.step_boundaries_hours", lambda v: list(v) == sorted(v) and all(b >= 0 for b in v),
            "increasing hours >= 0")
@@ -448,19 +438,16 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "schedule.final_lr_ratio", lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
 
     _check(cfg, "scaling.reference_seconds", pos, "positive seconds of audio per optimizer step")
-    _check(cfg, "scaling.reference_utterances", pos, "a positive number of utterances per step")
-    _choice(cfg, "scaling.unit", ("seconds", "utterances"))
-    _choice(cfg, "scaling.optimizer_rule", ("auto", "sgd", "adam", "adagrad", "none"))
-    _choice(cfg, "scaling.ema_rule", ("power", "none"))
-    _choice(cfg, "scaling.on_invalid", ("warn", "error"))
     hours = [stage.hours for stage in cfg.scaling.progressive]
     if hours and (hours != sorted(hours) or hours[0] != 0):
         raise ConfigError(f"key 'scaling.progressive': stage hours {hours} must increase and start at 0")
     for i in range(len(cfg.scaling.progressive)):
         _check(cfg, f"scaling.progressive.{i}.accum_steps", pos, "a positive integer")
+    if cfg.scaling.progressive and cfg.train.accum_steps != 1:
+        raise ConfigError(f"key 'train.accum_steps': got {cfg.train.accum_steps}, but scaling.progressive "
+                          "sets the accumulation of every stage; leave train.accum_steps at 1")
 
     _check(cfg, "ema.rho", lambda v: 0 < v < 1, "a momentum in (0, 1)")
-    _choice(cfg, "ema.start", ("pl_start", "step0"))
 
     _check(cfg, "pl.start_hours", nonneg, "hours >= 0")
     _check(cfg, "pl.unlabeled_per_labeled", pos, "a positive ratio")
@@ -474,8 +461,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("key 'data.unlabeled_split': pl.enabled=true needs an unlabeled split name")
 
     _check(cfg, "train.accum_steps", pos, "a positive integer")
-    _choice(cfg, "train.device", ("auto", "cpu", "cuda"))
-    _choice(cfg, "train.precision", ("auto", "bf16", "fp32"))
     _check(cfg, "train.log_every_steps", pos, "a positive integer")
     _check(cfg, "train.eval_every_hours", nonneg, "hours >= 0 (0 disables)")
     _check(cfg, "train.checkpoint_every_hours", pos, "positive hours")
@@ -485,5 +470,4 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "train.stop_hours", nonneg, "hours >= 0 (0: schedule.total_hours)")
 
     _check(cfg, "eval.batch_seconds", pos, "positive seconds")
-    _choice(cfg, "eval.decoder", ("greedy", "beam"))
     _check(cfg, "eval.beam_size", pos, "a positive integer")

@@ -32,6 +32,7 @@ from asr.data.manifest import prepare_split, read_manifest
 from asr.data.shards import SplitIndex, load_index, read_audio
 from asr.decode import BeamDecoder, BeamOptions, greedy_decode
 from asr.model import build_model
+from asr.runtime import setup_runtime
 from asr.text.tokenizer import Tokenizer, tokenizer_from_dict
 from asr.wer import edit_counts_batch, format_rate, score_corpus
 
@@ -201,15 +202,13 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, *, splits: Sequence[str] |
                         lm: Path | None, lm_weight: float | None, word_score: float | None,
                         batch_seconds: float | None, device: str, out_dir: Path, name: str | None) -> dict[str, dict]:
     """Decode and score each split; write per-split reports under ``out_dir/<split>/``."""
-    from asr.train import setup_runtime  # the same process-group setup as training
     from asr.wer import write_reports
 
     model, tokenizer, info = load_model_for_eval(checkpoint, weights, average_last)
     cfg = info["config"]
-    rt = setup_runtime(_with_device(cfg, device))
+    rt = setup_runtime(device, cfg.train.precision)
     model.to(rt.device)
-    features = LogMelFeatures(cfg.features.sample_rate, cfg.features.n_mels, cfg.features.win_ms,
-                              cfg.features.hop_ms, cfg.features.normalize).to(rt.device)
+    features = LogMelFeatures.from_config(cfg.features).to(rt.device)
     decoder = decoder or cfg.eval.decoder
     beam = None
     if decoder == "beam":
@@ -242,14 +241,6 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, *, splits: Sequence[str] |
     if rt.world_size > 1:
         dist.barrier()
     return results
-
-
-def _with_device(cfg, device: str):
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(cfg)
-    data["train"]["device"] = device
-    return config_from_dict(data)
 
 
 def results_table(eval_dirs: Sequence[Path]) -> str:

@@ -69,7 +69,7 @@ class Meter:
             "loss": loss / batches if batches else float("nan"),  # nan: none in this interval
             "pl_loss": pl_loss / pl_batches if pl_batches else float("nan"),
             "grad_norm": grad_norm / max(self.steps - skipped, 1), "skipped": skipped,
-            "pl_batches": pl_batches,
+            "batches": batches, "pl_batches": pl_batches,
             # the labels' fates, in intervals with pseudo-labeled batches
             **({f"pl_{reason}": n for reason, n in zip(REASONS, counts, strict=True)} if pl_batches else {}),
             "pl_wer": pl_errors / pl_words if pl_words else float("nan"),

@@ -45,11 +45,14 @@ at kappa must do what kappa steps at the reference do, to first order in the lea
   the noise fades only like log(kappa) / log(steps).
 - ``none``: nothing is scaled, to show how the dynamics drift.
 
-Schedules are in hours of audio. Each optimizer step stands for kappa * reference_seconds of
-audio, so a point at H hours is reached after ceil(H * 3600 / (kappa * reference_seconds))
-steps: rounding up means a phase never starts before its amount of data, and any positive
-duration lasts at least one step. With progressive stages the conversion is piecewise
-(:class:`DataClock`).
+Schedules count **data hours**: the audio the optimizer steps taken so far stand for, each step
+kappa_t * reference_seconds (the global batch's padded capacity, the quantity kappa is defined
+on). Logs, plots and the scaling report use the same clock; the real audio seen (capacity less
+padding, under 1% apart with the duration-bucketed sampler on LibriSpeech) is logged beside it.
+A point at H data hours is reached after ceil(H * 3600 / (kappa * reference_seconds)) steps:
+rounding up means a phase never starts before its amount of data, and any positive duration
+lasts at least one step. With progressive stages the conversion is piecewise
+(:class:`DataClock`). :class:`Schedule` answers every time-dependent value of a run from it.
 """
 
 from __future__ import annotations
@@ -61,12 +64,16 @@ import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
-OPTIMIZER_RULES = ("auto", "sgd", "adam", "adagrad", "none")
-EMA_RULES = ("power", "none")
-ON_INVALID = ("warn", "error")
+OptimizerName = Literal["sgd", "adam", "adamw", "adagrad"]
+OptimizerRule = Literal["auto", "sgd", "adam", "adagrad", "none"]
+EMARule = Literal["power", "none"]
+OnInvalid = Literal["error", "warn"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+OPTIMIZER_RULES: tuple[str, ...] = get_args(OptimizerRule)
+EMA_RULES: tuple[str, ...] = get_args(EMARule)
+ON_INVALID: tuple[str, ...] = get_args(OnInvalid)
 
 _AUTO_RULE = {"sgd": "sgd", "adam": "adam", "adamw": "adam", "adagrad": "adagrad"}
 # The param_group keys of each torch.optim class that the rules can change.
@@ -98,7 +105,7 @@ def global_batch(per_rank_batch: float, world_size: int, accum_steps: int) -> fl
 
 def compute_kappa(per_rank_batch: float, world_size: int, accum_steps: int,
                   reference_batch: float) -> float:
-    """kappa = global batch / reference batch; both in seconds of audio or both in utterances."""
+    """kappa = global batch / reference batch, both in seconds of padded audio."""
     _require(reference_batch > 0 and math.isfinite(reference_batch), "reference batch", reference_batch,
              "a positive, finite amount of data per optimizer step")
     return global_batch(per_rank_batch, world_size, accum_steps) / reference_batch
@@ -341,12 +348,10 @@ class Derived:
     """
 
     kappa: float
-    unit: str
-    """What kappa counts: ``seconds`` of padded audio or ``utterances``."""
     reference_batch: float
-    """Global data per optimizer step at kappa = 1, in ``unit``."""
+    """Global seconds of padded audio per optimizer step at kappa = 1."""
     global_batch: float
-    """Global data per optimizer step of this run, in ``unit``."""
+    """kappa x reference_batch: the seconds one optimizer step of this run stands for."""
     global_batch_seconds: float
     """Padded-audio cap of one optimizer step: per-rank max_batch_seconds x world x accum."""
     seconds_per_step: float
@@ -383,20 +388,16 @@ class Derived:
         return asdict(self)
 
 
-def derive(cfg: Any, world_size: int, accum_steps: int | None = None, *,
-           per_rank_utterances: float | None = None) -> Derived:
+def derive(cfg: Any, world_size: int, accum_steps: int | None = None) -> Derived:
     """Effective hyper-parameters and schedule steps for a run on ``world_size`` ranks.
 
     ``accum_steps`` defaults to the first progressive stage's, else ``train.accum_steps``.
-    ``per_rank_utterances`` (mean utterances of one micro-batch, measured from the loader) is
-    needed only with ``scaling.unit=utterances``: batches are capped in seconds, so their
-    utterance count is not a config value.
     """
     sc = cfg.scaling
     if accum_steps is None:
         first = sc.progressive[0].accum_steps if sc.progressive else cfg.train.accum_steps
         accum_steps = int(first)
-    kappa = _kappa_for(cfg, world_size, accum_steps, per_rank_utterances)
+    kappa = _kappa_for(cfg, world_size, accum_steps)
     optimizer = str(cfg.optim.name)
     rule = resolve_rule(optimizer, str(sc.optimizer_rule))
     base = OptimizerParams(lr=float(cfg.optim.lr), betas=_pair(cfg.optim.betas),
@@ -405,7 +406,7 @@ def derive(cfg: Any, world_size: int, accum_steps: int | None = None, *,
     eff = scale_optimizer(base, kappa, optimizer, rule, on_invalid=str(sc.on_invalid))
     rho = scale_ema(float(cfg.ema.rho), kappa, str(sc.ema_rule), on_invalid=str(sc.on_invalid))
 
-    clock = run_clock(cfg, world_size, accum_steps, per_rank_utterances=per_rank_utterances)
+    clock = run_clock(cfg, world_size, accum_steps)
     seconds_per_step = kappa * float(sc.reference_seconds)
     sched = cfg.schedule
     steps = ScheduleSteps(
@@ -418,10 +419,9 @@ def derive(cfg: Any, world_size: int, accum_steps: int | None = None, *,
         eval_every=steps_for_hours(cfg.train.eval_every_hours, seconds_per_step),
         checkpoint_every=steps_for_hours(cfg.train.checkpoint_every_hours, seconds_per_step),
     )
-    unit = str(sc.unit)
-    reference = float(sc.reference_seconds if unit == "seconds" else sc.reference_utterances)
+    reference = float(sc.reference_seconds)
     return Derived(
-        kappa=kappa, unit=unit, reference_batch=reference, global_batch=kappa * reference,
+        kappa=kappa, reference_batch=reference, global_batch=kappa * reference,
         global_batch_seconds=global_batch(float(cfg.data.max_batch_seconds), world_size, accum_steps),
         seconds_per_step=seconds_per_step, world_size=world_size, accum_steps=accum_steps,
         optimizer=optimizer, optimizer_rule=rule, ema_rule=str(sc.ema_rule),
@@ -430,43 +430,23 @@ def derive(cfg: Any, world_size: int, accum_steps: int | None = None, *,
     )
 
 
-def derive_at_hours(cfg: Any, world_size: int, hours_seen: float, *,
-                    per_rank_utterances: float | None = None) -> Derived:
-    """:func:`derive` for the progressive stage active after ``hours_seen`` hours of audio."""
-    stages = cfg.scaling.progressive
-    if not stages:
-        return derive(cfg, world_size, per_rank_utterances=per_rank_utterances)
-    clock = run_clock(cfg, world_size, per_rank_utterances=per_rank_utterances)
-    stage = stages[clock.stage_at_hours(hours_seen)]
-    return derive(cfg, world_size, int(stage.accum_steps), per_rank_utterances=per_rank_utterances)
-
-
-def run_clock(cfg: Any, world_size: int, accum_steps: int | None = None, *,
-              per_rank_utterances: float | None = None) -> DataClock:
-    """The run's hours <-> steps conversion: one stage per ``scaling.progressive`` entry, else one
-    stage at ``accum_steps`` (default ``train.accum_steps``)."""
+def run_clock(cfg: Any, world_size: int, accum_steps: int | None = None) -> DataClock:
+    """The run's data hours <-> steps conversion: one stage per ``scaling.progressive`` entry,
+    else one stage at ``accum_steps`` (default ``train.accum_steps``)."""
     reference_seconds = float(cfg.scaling.reference_seconds)
     stages = cfg.scaling.progressive
     if not stages:
         accum_steps = int(cfg.train.accum_steps) if accum_steps is None else accum_steps
-        kappa = _kappa_for(cfg, world_size, accum_steps, per_rank_utterances)
-        return DataClock.constant(kappa * reference_seconds)
+        return DataClock.constant(_kappa_for(cfg, world_size, accum_steps) * reference_seconds)
     return DataClock(
         tuple(float(s.hours) for s in stages),
-        tuple(_kappa_for(cfg, world_size, int(s.accum_steps), per_rank_utterances) * reference_seconds
-              for s in stages),
+        tuple(_kappa_for(cfg, world_size, int(s.accum_steps)) * reference_seconds for s in stages),
     )
 
 
-def _kappa_for(cfg: Any, world_size: int, accum_steps: int, per_rank_utterances: float | None) -> float:
-    if cfg.scaling.unit == "seconds":
-        return compute_kappa(float(cfg.data.max_batch_seconds), world_size, accum_steps,
-                             float(cfg.scaling.reference_seconds))
-    if per_rank_utterances is None:
-        raise ValueError("scaling.unit=utterances: kappa needs per_rank_utterances, the mean "
-                         "utterances of one micro-batch on one rank (measure it from the loader)")
-    return compute_kappa(per_rank_utterances, world_size, accum_steps,
-                         float(cfg.scaling.reference_utterances))
+def _kappa_for(cfg: Any, world_size: int, accum_steps: int) -> float:
+    return compute_kappa(float(cfg.data.max_batch_seconds), world_size, accum_steps,
+                         float(cfg.scaling.reference_seconds))
 
 
 def _pair(values: Sequence[float]) -> tuple[float, float]:
@@ -475,17 +455,124 @@ def _pair(values: Sequence[float]) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Progressive stage changes: what the trainer updates in place
+# The schedule of a run: every time-dependent value at any optimizer step
 
 
-def param_group_changes(before: Derived, after: Derived) -> dict[str, Any]:
-    """The param_group entries that differ between two stages.
+@dataclass(frozen=True)
+class SchedulePoint:
+    """What optimizer step ``step`` runs with."""
 
-    ``lr`` is the new *peak*: the lr schedule's factor still applies on top (a ``LambdaLR``
-    keeps the peak in its ``base_lrs``, which must change with it).
+    step: int
+    """0-based global optimizer step."""
+    hours: float
+    """Data hours seen before this step."""
+    stage: int
+    """Progressive stage (0 without stages)."""
+    values: Derived
+    """The stage's kappa, accumulation and effective hyper-parameters (``lr`` is the peak)."""
+    lr: float
+    """This step's learning rate: the stage's peak times the schedule's factor."""
+    pl_active: bool
+    """Inside the pseudo-label phase (when pseudo-labels are enabled)."""
+    specaug_active: bool
+    """SpecAugment is on."""
+
+
+class Schedule:
+    """One run's schedule: for any optimizer step, every value that depends on where the run is.
+
+    Pure: built from the config and the world size, it holds no training state, so the trainer,
+    the scaling report, a resume on another GPU count and the tests all ask the same object.
+    Every point is a position in data hours (see the module docstring), converted to steps by
+    the run's :class:`DataClock`.
     """
-    old, new = before.param_group(), after.param_group()
-    return {key: value for key, value in new.items() if value != old[key]}
+
+    def __init__(self, cfg: Any, world_size: int) -> None:
+        self.world_size = world_size
+        self.clock = run_clock(cfg, world_size)
+        stage_accum = [int(s.accum_steps) for s in cfg.scaling.progressive] or [int(cfg.train.accum_steps)]
+        self.stages = tuple(derive(cfg, world_size, accum) for accum in stage_accum)
+        """Derived values of each progressive stage (one without stages)."""
+        self.steps = self.stages[0].steps
+        """Every schedule point as a step index (the same in every stage: one clock)."""
+        self.pl_enabled = bool(cfg.pl.enabled)
+        self._decay = str(cfg.schedule.decay)
+        self._step_factor = float(cfg.schedule.step_factor)
+        self._final_lr_ratio = float(cfg.schedule.final_lr_ratio)
+        self._warmup_hours = float(cfg.schedule.warmup_hours)
+        self._decay_start_hours = max(float(cfg.schedule.decay_start_hours), self._warmup_hours)
+        self._boundaries_hours = tuple(float(h) for h in cfg.schedule.step_boundaries_hours)
+        self._total_hours = float(cfg.schedule.total_hours)
+        self.eval_every_hours = float(cfg.train.eval_every_hours)
+        self.checkpoint_every_hours = float(cfg.train.checkpoint_every_hours)
+        stop_hours = float(cfg.train.stop_hours)
+        self.stop_step = min(self.clock.steps_at(stop_hours), self.steps.total) if stop_hours else self.steps.total
+        """The step this invocation stops at: ``train.stop_hours`` or the end of training."""
+
+    def hours_at(self, step: int) -> float:
+        """Data hours seen after ``step`` optimizer steps."""
+        return self.clock.hours_at(step)
+
+    def steps_at(self, hours: float) -> int:
+        """Optimizer steps after which ``hours`` data hours have been seen (rounded up)."""
+        return self.clock.steps_at(hours)
+
+    def lr_at(self, step: int, peak: float) -> float:
+        """The lr of step ``step`` for a peak of ``peak``: linear warm-up, then the decay."""
+        steps = self.steps
+        if step < steps.warmup:
+            return peak * (step + 1) / steps.warmup
+        if self._decay == "step":
+            return peak * self._step_factor ** sum(step >= b for b in steps.decay_boundaries)
+        if self._decay == "constant" or step < steps.decay_start:
+            return peak
+        progress = min(1.0, (step - steps.decay_start) / max(steps.total - steps.decay_start, 1))
+        floor = self._final_lr_ratio
+        if self._decay == "cosine":
+            return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return peak * (1 - (1 - floor) * progress)  # linear
+
+    def at(self, step: int) -> SchedulePoint:
+        """Everything optimizer step ``step`` runs with."""
+        stage = self.clock.stage_at_step(step)
+        values = self.stages[stage]
+        return SchedulePoint(
+            step=step, hours=self.hours_at(step), stage=stage, values=values,
+            lr=self.lr_at(step, values.lr),
+            pl_active=self.pl_enabled and step >= self.steps.pl_start,
+            specaug_active=step >= self.steps.specaug_start,
+        )
+
+    def eval_due(self, step: int) -> bool:
+        """A dev evaluation is due once ``step`` steps are done (a multiple of
+        ``train.eval_every_hours`` was crossed by the last one)."""
+        return self._crossed(step, self.eval_every_hours)
+
+    def checkpoint_due(self, step: int) -> bool:
+        """A periodic checkpoint is due once ``step`` steps are done."""
+        return self._crossed(step, self.checkpoint_every_hours)
+
+    def _crossed(self, step: int, every: float) -> bool:
+        if every <= 0 or step <= 0:
+            return False
+        return _marks_reached(self.hours_at(step), every) > _marks_reached(self.hours_at(step - 1), every)
+
+    def resume_step(self, saved: Schedule, step: int) -> int:
+        """The step of this schedule at the data hours where ``saved``'s step ``step`` stood: a
+        checkpoint written at another world size or accumulation continues at the same data."""
+        if saved.clock == self.clock:
+            return step
+        return self.steps_at(saved.hours_at(step))
+
+
+def _marks_reached(hours: float, every: float) -> int:
+    """Multiples of ``every`` reached by ``hours``, forgiving float noise: 9 steps of 15 s are
+    0.0375 h, 3 x 0.0125 h a hair more."""
+    return math.floor(hours / every * (1 + 1e-9) + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progressive stage changes: what the trainer updates in place
 
 
 def optimizer_state_scales(before: Derived, after: Derived) -> dict[str, float]:
@@ -515,14 +602,14 @@ def optimizer_state_scales(before: Derived, after: Derived) -> dict[str, float]:
 # Reports
 
 
-def scaling_report(derived: Derived, cfg: Any) -> str:
-    """The table printed at train start: reference vs actual batch, kappa, base vs effective."""
-    d, sched = derived, cfg.schedule
-    unit = " s" if d.unit == "seconds" else " utterances"
+def scaling_report(schedule: Schedule, cfg: Any) -> str:
+    """The table printed at train start: reference vs actual batch, kappa, base vs effective
+    values (per progressive stage), and every schedule point in data hours and steps."""
+    d, sched = schedule.stages[0], cfg.schedule
     lines = [
         f"scaling: {d.world_size} rank(s) x {d.accum_steps} micro-batch(es) x "
         f"{cfg.data.max_batch_seconds:g} s = {d.global_batch_seconds:g} s of padded audio per step",
-        f"reference {d.reference_batch:g}{unit} per step, actual {d.global_batch:g}{unit}: "
+        f"reference {d.reference_batch:g} s per step, actual {d.global_batch:g} s: "
         f"kappa = {d.kappa:.4g}; optimizer {d.optimizer}, rule {d.optimizer_rule}; EMA rule {d.ema_rule}",
     ]
     rows = [("lr (peak)", cfg.optim.lr, d.lr)]
@@ -536,25 +623,27 @@ def scaling_report(derived: Derived, cfg: Any) -> str:
     lines += _table(("hyper-parameter", "base (kappa=1)", "effective"),
                     [(name, _fmt(base), _fmt(eff)) for name, base, eff in rows])
 
-    steps = d.steps
+    steps = schedule.steps
     points = [("warm-up end", sched.warmup_hours, steps.warmup),
               ("decay start", max(sched.decay_start_hours, sched.warmup_hours), steps.decay_start)]
     boundaries = zip(sched.step_boundaries_hours, steps.decay_boundaries, strict=True)
     points += [(f"lr step {i + 1}", hours, n) for i, (hours, n) in enumerate(boundaries)]
     points += [("pseudo-label start", cfg.pl.start_hours, steps.pl_start),
                ("SpecAugment start", cfg.specaug.start_hours, steps.specaug_start),
-               ("total", sched.total_hours, steps.total),
-               ("eval every", cfg.train.eval_every_hours, steps.eval_every),
+               ("total", sched.total_hours, steps.total)]
+    if cfg.train.stop_hours:
+        points.append(("this invocation stops at", cfg.train.stop_hours, schedule.stop_step))
+    points += [("eval every", cfg.train.eval_every_hours, steps.eval_every),
                ("checkpoint every", cfg.train.checkpoint_every_hours, steps.checkpoint_every)]
-    lines += _table(("schedule", "hours", "steps"), [(name, f"{h:g}", str(n)) for name, h, n in points])
+    lines += _table(("schedule", "data hours", "steps"), [(name, f"{h:g}", str(n)) for name, h, n in points])
 
-    clock = d.clock
-    if len(clock.stage_hours) > 1:
-        reference_seconds = float(cfg.scaling.reference_seconds)
-        stages = zip(clock.stage_hours, clock.seconds_per_step, strict=True)
-        lines += _table(("stage", "from hours", "from step", "kappa"),
-                        [(str(k), f"{h:g}", str(clock.steps_at(h)), f"{sec / reference_seconds:.4g}")
-                         for k, (h, sec) in enumerate(stages)])
+    if len(schedule.stages) > 1:
+        clock = schedule.clock
+        rows = [(str(k), f"{h:g}", str(clock.steps_at(h)), str(v.accum_steps), f"{v.kappa:.4g}",
+                 _fmt(v.lr), _fmt(v.betas) if v.optimizer in ("adam", "adamw") else "-", _fmt(v.rho))
+                for k, (h, v) in enumerate(zip(clock.stage_hours, schedule.stages, strict=True))]
+        lines += _table(("stage", "from data hours", "from step", "accum", "kappa", "lr (peak)",
+                         "betas", "rho"), rows)
     return "\n".join(lines)
 
 

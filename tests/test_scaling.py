@@ -22,12 +22,11 @@ from asr.scaling import (
     DataClock,
     OptimizerParams,
     ScalingWarning,
+    Schedule,
     compute_kappa,
     derive,
-    derive_at_hours,
     hours_for_steps,
     optimizer_state_scales,
-    param_group_changes,
     scale_ema,
     scale_optimizer,
     scaling_report,
@@ -45,22 +44,16 @@ from asr.scaling import (
         (60.0, 2, 1, 120.0, 1.0),
         (60.0, 8, 2, 120.0, 8.0),
         (30.0, 64, 4, 120.0, 64.0),
-        (8.0, 4, 1, 32.0, 1.0),  # utterances: 8 a micro-batch on 4 ranks, reference 32
     ],
 )
 def test_kappa_counts_every_rank_and_micro_batch(per_rank, world_size, accum, reference, kappa):
     assert compute_kappa(per_rank, world_size, accum, reference) == kappa
 
 
-def test_kappa_from_config_in_seconds_and_in_utterances():
+def test_kappa_from_config_counts_padded_seconds():
     seconds = load_config(None, ["data.max_batch_seconds=60", "scaling.reference_seconds=120"])
     assert derive(seconds, world_size=8, accum_steps=2).kappa == 8
     assert derive(seconds, world_size=8, accum_steps=2).global_batch_seconds == 960
-
-    utterances = load_config(None, ["scaling.unit=utterances", "scaling.reference_utterances=32"])
-    assert derive(utterances, world_size=4, per_rank_utterances=16).kappa == 2
-    with pytest.raises(ValueError, match="per_rank_utterances"):
-        derive(utterances, world_size=4)
 
 
 def test_config_rules_none_keep_base_values_and_on_invalid_error_refuses_at_derive():
@@ -252,7 +245,8 @@ PROGRESSIVE = [
 )
 def test_progressive_stage_kappa_over_hours_seen(hours_seen, kappa):
     cfg = load_config(None, PROGRESSIVE)
-    derived = derive_at_hours(cfg, world_size=4, hours_seen=hours_seen)
+    schedule = Schedule(cfg, world_size=4)
+    derived = schedule.stages[schedule.clock.stage_at_hours(hours_seen)]
     assert derived.kappa == kappa
     assert derived.rho == pytest.approx(cfg.ema.rho**kappa)
     assert derived.lr == pytest.approx(math.sqrt(kappa) * cfg.optim.lr)
@@ -277,22 +271,17 @@ def test_progressive_stage_starts_at_the_first_step_boundary_after_its_mark():
         assert clock.steps_at(clock.hours_at(steps)) == steps
 
 
-def test_stage_change_names_the_param_group_keys_and_state_that_change():
-    cfg = load_config(None, [*PROGRESSIVE, "optim.name=adamw", "optim.weight_decay=0.01"])
-    first, second = derive_at_hours(cfg, 4, 0.0), derive_at_hours(cfg, 4, 1.0)
-    changes = param_group_changes(first, second)
-    assert set(changes) == {"lr", "betas", "eps", "weight_decay"}
-    assert changes["betas"] == pytest.approx((1 - 4 * 0.1, 1 - 4 * 0.02))
-    assert optimizer_state_scales(first, second) == {"exp_avg_sq": 0.5}
+def test_stage_change_rescales_the_optimizer_state_the_rules_depend_on():
+    def stages(*overrides: str) -> tuple:
+        return Schedule(load_config(None, [*PROGRESSIVE, *overrides]), 4).stages
 
-    sgd = load_config(None, [*PROGRESSIVE, "optim.name=sgd", "optim.momentum=0.9"])
-    first, second = derive_at_hours(sgd, 4, 0.0), derive_at_hours(sgd, 4, 1.0)
-    assert set(param_group_changes(first, second)) == {"lr", "momentum"}
+    first, second, _ = stages("optim.name=adamw", "optim.weight_decay=0.01")
+    assert second.betas == pytest.approx((1 - 4 * 0.1, 1 - 4 * 0.02))
+    assert optimizer_state_scales(first, second) == {"exp_avg_sq": 0.5}
+    first, second, _ = stages("optim.name=sgd", "optim.momentum=0.9")
     assert optimizer_state_scales(first, second) == {"momentum_buffer": pytest.approx((1 - 0.9**2) / (1 - 0.9**4))}
-    adagrad = load_config(None, [*PROGRESSIVE, "optim.name=adagrad"])
-    first, second = derive_at_hours(adagrad, 4, 0.0), derive_at_hours(adagrad, 4, 3.0)
-    assert set(param_group_changes(first, second)) == {"eps"}
-    assert optimizer_state_scales(first, second) == {"sum": 1 / 16}
+    first, _, third = stages("optim.name=adagrad")
+    assert optimizer_state_scales(first, third) == {"sum": 1 / 16}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,13 +290,13 @@ def test_stage_change_names_the_param_group_keys_and_state_that_change():
 
 def test_scaling_report_shows_base_and_effective_values_and_schedule_steps():
     cfg = load_config(None, ["data.max_batch_seconds=60", "scaling.reference_seconds=120", "ema.rho=0.999"])
+    report = scaling_report(Schedule(cfg, world_size=16), cfg)
     derived = derive(cfg, world_size=8, accum_steps=2)
-    report = scaling_report(derived, cfg)
     assert "kappa = 8" in report
     assert "960 s of padded audio per step" in report
     assert "| ema rho         | 0.999          | 0.992028    |" in report
     assert "| betas           | 0.9, 0.98      | 0.2, 0.84   |" in report
-    assert "| total              | 10    | 38    |" in report
+    assert "| total              | 10         | 38    |" in report
     assert json.loads(json.dumps(derived.to_dict()))["steps"]["total"] == 38  # plain types, for checkpoints
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import hours, tiny_overrides
 
-import asr.train
+import asr.step
 from asr import scaling
 from asr.checkpoint import list_checkpoints, load_checkpoint
 from asr.cli import main
-from asr.ema import EMATeacher
+from asr.ema import EMATeacher, unwrap_model
 from asr.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +38,7 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: t.detach().clone() for name, t in asr.train.unwrap_model(module).state_dict().items()}
+    return {name: t.detach().clone() for name, t in unwrap_model(module).state_dict().items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_teacher_updates_once_per_optimizer_step_under_accumulation(make_config,
     assert (hp.kappa, hp.steps.total) == (2.0, 5)
 
     micro_batches, updates, first_teacher = [], [], []
-    original_micro_step, original_update = asr.train.micro_step, EMATeacher.update
+    original_micro_step, original_update = asr.step.micro_batch_loss, EMATeacher.update
 
     def counting_micro_step(*args, **kwargs):
         micro_batches.append(1)
@@ -113,7 +113,7 @@ def test_teacher_updates_once_per_optimizer_step_under_accumulation(make_config,
         updates.append((float(rho), len(micro_batches), snapshot(student)))
         return original_update(self, student, rho)
 
-    monkeypatch.setattr(asr.train, "micro_step", counting_micro_step)
+    monkeypatch.setattr(asr.step, "micro_batch_loss", counting_micro_step)
     monkeypatch.setattr(EMATeacher, "update", recording_update)
     train(cfg)
 
@@ -135,14 +135,14 @@ def test_teacher_updates_once_per_optimizer_step_under_accumulation(make_config,
 def poison_steps(monkeypatch, steps: set[int]) -> None:
     """Make the CTC loss NaN on the given optimizer steps (0-based; one micro-batch a step)."""
     calls = []
-    original = asr.train.ctc_loss
+    original = asr.step.ctc_loss
 
     def ctc_loss(*args, **kwargs):
         loss = original(*args, **kwargs)
         calls.append(1)
         return loss * math.nan if len(calls) - 1 in steps else loss
 
-    monkeypatch.setattr(asr.train, "ctc_loss", ctc_loss)
+    monkeypatch.setattr(asr.step, "ctc_loss", ctc_loss)
 
 
 def record_after_each_step(monkeypatch) -> list[tuple[dict, dict, dict]]:

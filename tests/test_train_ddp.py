@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 from conftest import hours
 from omegaconf import OmegaConf
 
+import asr.step
 import asr.train
 from asr import scaling
 from asr.checkpoint import load_checkpoint
@@ -44,19 +45,20 @@ def _rank_main(rank: int, world_size: int, cfg: dict, init_file: str, out_dir: s
                                 world_size=world_size, timeout=datetime.timedelta(seconds=60))
     out = Path(out_dir)
     reads = (out / f"reads-rank{rank}.jsonl").open("a")
-    micro_step, save = asr.train.micro_step, asr.train.save
+    micro_batch_loss, save = asr.step.micro_batch_loss, asr.train.save
 
-    def recording_micro_step(student, teacher, batch, unlabeled, *args, **kwargs):
+    def recording_micro_batch_loss(parts, batch, *, unlabeled, **kwargs):
         reads.write(json.dumps({"keys": batch.keys, "epoch": batch.epoch, "duplicate": batch.duplicate,
                                 "unlabeled": unlabeled}) + "\n")
-        return micro_step(student, teacher, batch, unlabeled, *args, **kwargs)
+        return micro_batch_loss(parts, batch, unlabeled=unlabeled, **kwargs)
 
-    def recording_save(rt, ckpt_dir, cfg, model, teacher, optimizer, state, *args, **kwargs):
-        weights = {"student": model.state_dict(), "teacher": teacher.state_dict() if teacher else None}
-        torch.save(weights, out / f"weights-ws{world_size}-rank{rank}-step{state.step:03d}.pt")
-        return save(rt, ckpt_dir, cfg, model, teacher, optimizer, state, *args, **kwargs)
+    def recording_save(run, *args, **kwargs):
+        teacher = run.parts.teacher
+        weights = {"student": run.parts.model.state_dict(), "teacher": teacher.state_dict() if teacher else None}
+        torch.save(weights, out / f"weights-ws{world_size}-rank{rank}-step{run.state.step:03d}.pt")
+        return save(run, *args, **kwargs)
 
-    asr.train.micro_step, asr.train.save = recording_micro_step, recording_save
+    asr.step.micro_batch_loss, asr.train.save = recording_micro_batch_loss, recording_save
     try:
         train(config_from_dict(cfg))
     finally:

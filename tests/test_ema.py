@@ -189,6 +189,7 @@ def test_update_with_a_device_rho_does_not_synchronize():
     student = Net().cuda().to(torch.bfloat16)
     teacher = EMATeacher(student)
     rho = torch.tensor(0.999, device="cuda")
+    teacher.update(student, rho)  # the first update compiles the fused kernel (which may sync)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

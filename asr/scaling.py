@@ -518,15 +518,23 @@ class Schedule:
         return self.clock.steps_at(hours)
 
     def lr_at(self, step: int, peak: float) -> float:
-        """The lr of step ``step`` for a peak of ``peak``: linear warm-up, then the decay."""
-        steps = self.steps
-        if step < steps.warmup:
-            return peak * (step + 1) / steps.warmup
+        """The lr of step ``step`` for a peak of ``peak``, as a function of data hours.
+
+        Warm-up is linear in the data seen by the end of the step (the first step already
+        moves); the decay is read at the data seen before it. With progressive stages a step
+        covers more data later on, and the lr follows the data, not the step count (the
+        paper's progressive scaling: every schedule in data seen).
+        """
+        end = self.hours_at(step + 1)
+        if end < self._warmup_hours * (1 - 1e-9):
+            return peak * end / self._warmup_hours
+        hours = self.hours_at(step)
         if self._decay == "step":
-            return peak * self._step_factor ** sum(step >= b for b in steps.decay_boundaries)
-        if self._decay == "constant" or step < steps.decay_start:
+            return peak * self._step_factor ** sum(hours >= b * (1 - 1e-9) for b in self._boundaries_hours)
+        if self._decay == "constant" or hours < self._decay_start_hours * (1 - 1e-9):
             return peak
-        progress = min(1.0, (step - steps.decay_start) / max(steps.total - steps.decay_start, 1))
+        span = self._total_hours - self._decay_start_hours
+        progress = min(1.0, max(hours - self._decay_start_hours, 0.0) / span) if span > 0 else 1.0
         floor = self._final_lr_ratio
         if self._decay == "cosine":
             return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -510,3 +510,35 @@ def test_sgd_momentum_rule_keeps_the_noisy_quadratic_trajectory():
             for name, p in (("rule", scaled), ("naive", naive), ("fixed_mu", fixed_mu))}
     assert gaps["rule"][0] < 0.05 and gaps["rule"][1] < 0.15
     assert gaps["naive"][0] > 0.3 and gaps["fixed_mu"][0] > 5 * gaps["rule"][0]
+
+
+def _data_hours_lr_factor(start: float, end: float) -> float:
+    """The schedule of the test below written in data hours only: warm-up to 2 h (read at the
+    end of a step), constant to 4 h, cosine to 10 h with a floor of 0.1 (read at its start)."""
+    if end < 2:
+        return end / 2
+    if start < 4:
+        return 1.0
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (start - 4) / 6)))
+
+
+def test_progressive_lr_follows_the_data_hours_schedule_at_every_step():
+    """Stages at 1 h and 3 h double the batch twice, inside the warm-up and before the decay:
+    at every step the lr is the stage's rule-scaled peak times the schedule at the data that
+    step has seen, so it never jumps at a stage change."""
+    cfg = load_config(None, [*PROGRESSIVE, "schedule.warmup_hours=2", "schedule.decay=cosine",
+                             "schedule.decay_start_hours=4", "schedule.final_lr_ratio=0.1"])
+    schedule = Schedule(cfg, world_size=4)
+    factors = []
+    for step in range(schedule.steps.total):
+        point = schedule.at(step)
+        start, end = schedule.hours_at(step), schedule.hours_at(step + 1)
+        assert point.values.lr == pytest.approx(math.sqrt(point.values.kappa) * cfg.optim.lr)
+        assert point.lr == pytest.approx(point.values.lr * _data_hours_lr_factor(start, end), rel=1e-12)
+        factors.append(point.lr / point.values.lr)
+    steps_per_hour = [schedule.steps_at(h + 1) - schedule.steps_at(h) for h in (0, 1, 3)]
+    assert steps_per_hour == [15, 8, 4]  # the batch grows 2x, then 2x again
+    # in the warm-up, each step raises the lr by its share of the data: 240 s of the 2 h up to
+    # the first stage change (step 15), 480 s after it
+    assert factors[14] - factors[13] == pytest.approx(240 / 3600 / 2)
+    assert factors[15] - factors[14] == pytest.approx(480 / 3600 / 2)

@@ -159,14 +159,6 @@ def test_resume_refuses_a_position_of_another_plan_naming_the_change(durations):
         resolve_start(saved, planner(durations, max_batch_seconds=50.0)(1))
 
 
-def test_allow_plan_change_restarts_the_epoch_with_a_warning(durations):
-    saved = planner(durations)(1).position(4)
-    new_plan = planner(durations, max_batch_seconds=50.0)(1)
-    with pytest.warns(UserWarning, match="restarting epoch 1"):
-        start = resolve_start(saved, new_plan, allow_plan_change=True)
-    assert start == new_plan.position(0)
-
-
 @pytest.mark.parametrize(
     "position, message",
     [

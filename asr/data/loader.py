@@ -165,7 +165,6 @@ class BatchLoader:
         num_workers: int,
         start: DataPosition | None = None,
         pin_memory: bool = False,
-        allow_plan_change: bool = False,
         prefetch_factor: int = 2,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
@@ -183,7 +182,7 @@ class BatchLoader:
                                     max_duration=max_duration, seed=seed)
         requested = start if start is not None else DataPosition()
         self._plan = self.planner(requested.epoch)
-        self.start = resolve_start(requested, self._plan, allow_plan_change=allow_plan_change)
+        self.start = resolve_start(requested, self._plan)
         logger.info("%s: %d utterances, %.2f h an epoch (%d outside [%g, %g] s dropped); %d micro-batches "
                     "over %d ranks, %d of them padding repeats; %.1f%% padding in batches",
                     index.split, self._plan.num_utterances, self.hours_per_epoch, self.dropped_utterances,
@@ -192,13 +191,12 @@ class BatchLoader:
 
     @classmethod
     def from_config(cls, index: SplitIndex, cfg: DataConfig, *, rank: int, world_size: int,
-                    start: DataPosition | None = None, pin_memory: bool = False,
-                    allow_plan_change: bool = False) -> BatchLoader:
+                    start: DataPosition | None = None, pin_memory: bool = False) -> BatchLoader:
         """Build from :class:`asr.config.DataConfig` (``cfg.data``)."""
         return cls(index, max_batch_seconds=cfg.max_batch_seconds, num_buckets=cfg.num_buckets,
                    min_duration=cfg.min_duration, max_duration=cfg.max_duration, seed=cfg.seed,
                    rank=rank, world_size=world_size, num_workers=cfg.num_workers, start=start,
-                   pin_memory=pin_memory, allow_plan_change=allow_plan_change)
+                   pin_memory=pin_memory)
 
     @property
     def hours_per_epoch(self) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -299,25 +298,21 @@ class DataPosition:
         return position
 
 
-def resolve_start(start: DataPosition, plan: EpochPlan, *, allow_plan_change: bool = False) -> DataPosition:
+def resolve_start(start: DataPosition, plan: EpochPlan) -> DataPosition:
     """Check that ``start`` belongs to ``plan`` (its epoch's plan) and return where to begin.
 
     A fingerprint mismatch means the config or the data changed since the position was saved:
-    its batch count would point into a different order, skipping or repeating utterances. That
-    is refused unless ``allow_plan_change``, which restarts the epoch (with a warning).
+    its batch count would point into a different order, skipping or repeating utterances, so it
+    is refused, naming what changed.
     """
     if start.epoch != plan.epoch:
         raise ValueError(f"data position is in epoch {start.epoch}, plan is for epoch {plan.epoch}")
     if start.plan and start.plan != plan.fingerprint:
         change = describe_plan_change(start.plan, plan.fingerprint)
-        if not allow_plan_change:
-            raise PlanChangedError(
-                f"the stored data position (epoch {start.epoch}, batch {start.batches}) was made by "
-                f"another epoch plan; changed: {change}. Restore the old settings, or pass "
-                f"allow_plan_change=True to restart epoch {start.epoch} with the new plan")
-        warnings.warn(f"epoch plan changed ({change}): restarting epoch {start.epoch} from its "
-                      f"first batch", stacklevel=2)
-        return plan.position(0)
+        raise PlanChangedError(
+            f"the stored data position (epoch {start.epoch}, batch {start.batches}) was made by "
+            f"another epoch plan; changed: {change}. Resume with the old data settings, or train "
+            f"from scratch in a new experiment folder")
     if not start.plan and start.batches > 0:
         raise ValueError(f"data position at batch {start.batches} of epoch {start.epoch} has no plan "
                          f"fingerprint, so it cannot be checked against this plan")

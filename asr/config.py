@@ -127,6 +127,10 @@ class ModelConfig:
     """Kernel, in encoder frames, of the convolutional positional embedding (``position=conv``)."""
     pos_conv_groups: int = 16
     """Groups of the convolutional positional embedding (d_model must divide by it)."""
+    pos_conv_impl: Literal["auto", "direct", "fft"] = "auto"
+    """How the positional convolution is computed: ``auto`` (FFT on CUDA, where bf16 grouped
+    convolutions have no tensor-core kernels; direct elsewhere), ``direct`` or ``fft``. The same
+    parameters either way."""
 
 
 @dataclass
@@ -229,6 +233,10 @@ class TrainConfig:
     """``auto``, ``cpu`` or ``cuda``."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``fp32``."""
+    compile: Literal["auto", "blocks", "none"] = "auto"
+    """``torch.compile`` of the encoder blocks of student and teacher (one graph for all blocks,
+    LayerDrop outside it): ``auto`` (on CUDA only), ``blocks`` or ``none``. Where inductor fails,
+    a warning gives the reason and the blocks run eagerly."""
     log_every_steps: int = 20
     """Progress line and TensorBoard scalars every N optimizer steps."""
     eval_every_hours: float = 1.0

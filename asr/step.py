@@ -119,6 +119,10 @@ def micro_batch_loss(parts: StepParts, batch: Batch, *, unlabeled: bool, augment
                      options: StepOptions, meter: Meter) -> torch.Tensor:
     """Loss of one micro-batch: against its transcripts, or against the teacher's greedy labels."""
     rt, tokenizer = parts.rt, parts.tokenizer
+    # lengths known on the host, so nothing below reads them back from the device: whether the
+    # batch is padded at all (unpadded attention needs no mask), and CTC's output lengths
+    padded = bool((batch.lengths < batch.waves.shape[-1]).any())
+    host_out_lengths = parts.model.output_lengths(parts.features.frame_lengths(batch.lengths))
     batch = batch.to(rt.device)
     with torch.no_grad():  # fp32 features on the device, outside autocast
         feats, feat_lengths = parts.features(batch.waves, batch.lengths)
@@ -127,7 +131,7 @@ def micro_batch_loss(parts: StepParts, batch: Batch, *, unlabeled: bool, augment
         if parts.teacher is None:
             raise RuntimeError("a pseudo-labeled step needs the teacher, which does not exist yet")
         with rt.autocast():  # the teacher: eval mode, clean input, no gradients
-            teacher_log_probs, teacher_lengths = parts.teacher(feats, feat_lengths)
+            teacher_log_probs, teacher_lengths = parts.teacher(feats, feat_lengths, padded=padded)
         labels = make_pseudo_labels(teacher_log_probs, teacher_lengths, out_lengths,
                                     blank_id=tokenizer.blank_id, min_tokens=options.min_tokens,
                                     min_confidence=options.min_confidence)
@@ -142,15 +146,19 @@ def micro_batch_loss(parts: StepParts, batch: Batch, *, unlabeled: bool, augment
     if augment:
         feats = parts.specaug(feats, feat_lengths, generator=parts.aug_generator)
     with rt.autocast():
-        log_probs, out_lengths = parts.student(feats, feat_lengths)
-    loss = ctc_loss(log_probs, out_lengths, targets, target_lengths, keep)
+        log_probs, _ = parts.student(feats, feat_lengths, padded=padded)
+    loss = ctc_loss(log_probs, host_out_lengths, targets, target_lengths, keep)
     meter.add_loss(loss.detach(), unlabeled, batch.seconds, batch.padded_seconds)
     return loss * (options.unlabeled_weight if unlabeled else 1.0)
 
 
 def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor,
              target_lengths: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Mean per-utterance CTC loss (summed over frames) over the kept utterances."""
+    """Mean per-utterance CTC loss (summed over frames) over the kept utterances.
+
+    Lengths on the host cost nothing; lengths on a GPU are copied to the host by the CUDA
+    kernel's wrapper (a sync): the pseudo-labels' lengths, made by the teacher, are such.
+    """
     per_utt = F.ctc_loss(log_probs.float().transpose(0, 1), targets, out_lengths, target_lengths,
                          blank=0, reduction="none", zero_infinity=False)
     per_utt = torch.where(keep, per_utt, torch.zeros_like(per_utt))
@@ -159,7 +167,8 @@ def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.
 
 def encode_targets(texts: list[str], tokenizer: Tokenizer, device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Padded token ids [B, S], lengths [B], and the fewest CTC frames each needs (tokens + repeats)."""
+    """Padded token ids [B, S] and the fewest CTC frames each needs (tokens + repeats) on
+    ``device``, and the lengths [B] on the host, where CTC reads them without a sync."""
     ids = [tokenizer.encode(t) for t in texts]
     lengths = [len(x) for x in ids]
     repeats = [sum(a == b for a, b in itertools.pairwise(x)) for x in ids]
@@ -169,5 +178,4 @@ def encode_targets(texts: list[str], tokenizer: Tokenizer, device: torch.device
     lengths_t = torch.tensor(lengths, dtype=torch.long)
     min_frames = lengths_t + torch.tensor(repeats, dtype=torch.long)
     min_frames[lengths_t == 0] = 1 << 30  # an empty transcript teaches nothing: dropped
-    return (padded.to(device, non_blocking=True), lengths_t.to(device, non_blocking=True),
-            min_frames.to(device, non_blocking=True))
+    return padded.to(device, non_blocking=True), lengths_t, min_frames.to(device, non_blocking=True)

@@ -91,11 +91,15 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
         exp_dir.mkdir(parents=True, exist_ok=True)
         (exp_dir / "config.yaml").write_text(to_yaml(cfg))
 
-    parts = build(cfg, rt, exp_dir, schedule, payload)
+    tokenizer = (tokenizer_from_dict(payload["tokenizer"]) if payload
+                 else prepare_tokenizer(cfg.tokenizer, cfg.data, exp_dir, rt))
+    parts = build(cfg, rt, tokenizer, schedule)
     state, values = TrainState(), schedule.at(0).values
     if payload is not None:
         state, values = resume(parts, payload, cfg, schedule, own=source == exp_dir / "checkpoints" / "last.pt")
         rt.log(f"continuing at step {state.step} from {source}")
+    if compiles(cfg, rt):  # the bare model: checkpoints keep plain parameter names
+        parts.model.compile_blocks()
     if rt.world_size > 1:  # LayerDrop leaves parameters without gradients on some steps
         parts.student = DDP(parts.model, find_unused_parameters=max(cfg.model.layerdrop, cfg.pl.layerdrop or 0) > 0)
     labeled, unlabeled = make_loaders(cfg, splits, state, rt)
@@ -161,16 +165,13 @@ def prepare_tokenizer(tok: TokenizerConfig, data: DataConfig, exp_dir: Path, rt:
     return load_tokenizer(path)
 
 
-def build(cfg: DictConfig, rt: Runtime, exp_dir: Path, schedule: Schedule,
-          payload: dict[str, Any] | None) -> StepParts:
-    """Tokenizer, model, features, SpecAugment and optimizer, fresh (the teacher comes later).
+def build(cfg: DictConfig, rt: Runtime, tokenizer: Tokenizer, schedule: Schedule) -> StepParts:
+    """Model, features, SpecAugment and optimizer, fresh (the teacher comes later).
 
     Seeding order matters for exact resume: the model is initialised from ``train.seed`` (the
     same on every rank), then each rank seeds its own dropout and augmentation streams.
     """
     torch.manual_seed(cfg.train.seed)
-    tokenizer = (tokenizer_from_dict(payload["tokenizer"]) if payload
-                 else prepare_tokenizer(cfg.tokenizer, cfg.data, exp_dir, rt))
     model = build_model(cfg.model, n_mels=cfg.features.n_mels, vocab_size=tokenizer.vocab_size).to(rt.device)
     features = LogMelFeatures.from_config(cfg.features).to(rt.device)
     specaug = SpecAugment.from_config(cfg.specaug).to(rt.device)
@@ -195,7 +196,7 @@ def resume(parts: StepParts, payload: dict[str, Any], cfg: DictConfig, schedule:
     parts.model.load_state_dict(payload["student"])
     parts.optimizer.load_state_dict(payload["optimizer"])
     if payload["teacher"] is not None:
-        parts.teacher = EMATeacher(parts.model)
+        parts.teacher = make_teacher(parts, cfg)
         parts.teacher.load_state_dict(payload["teacher"])
     state = TrainState()
     state.load_state_dict(payload["train_state"])
@@ -279,7 +280,7 @@ def enter_step(run: Run, point: SchedulePoint) -> None:
         state.kappa_history.append(kappa_record(point.step, run.values))
     apply_values(parts.optimizer, run.values, point.lr)
     if parts.teacher is None and (cfg.ema.start == "step0" or point.pl_active):
-        parts.teacher = EMATeacher(parts.model)  # a copy of the student as it is now
+        parts.teacher = make_teacher(parts, cfg)  # a copy of the student as it is now
         run.rt.log(f"step {point.step}: teacher created")
     if point.pl_active and point.step == run.schedule.steps.pl_start:
         parts.model.set_dropout(*pl_dropout(cfg))
@@ -398,6 +399,19 @@ def finish(run: Run) -> None:
 # Small helpers
 
 
+def compiles(cfg: DictConfig, rt: Runtime) -> bool:
+    """Whether the encoder blocks run compiled (``train.compile``)."""
+    return cfg.train.compile == "blocks" or (cfg.train.compile == "auto" and rt.device.type == "cuda")
+
+
+def make_teacher(parts: StepParts, cfg: DictConfig) -> EMATeacher:
+    """The EMA teacher: a copy of the student as it is now, its blocks compiled like the student's."""
+    teacher = EMATeacher(parts.model)
+    if compiles(cfg, parts.rt):
+        teacher.module.compile_blocks()
+    return teacher
+
+
 def pl_dropout(cfg: DictConfig) -> tuple[float, float]:
     """Dropout and LayerDrop of the pseudo-label phase (the model's own where not set)."""
     return (cfg.model.dropout if cfg.pl.dropout is None else cfg.pl.dropout,
@@ -420,7 +434,7 @@ def check_compatible(saved: DictConfig, cfg: DictConfig) -> None:
         old = OmegaConf.to_container(saved[section])
         new = OmegaConf.to_container(cfg[section])
         diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new)
-                if old.get(k) != new.get(k) and k not in ("dropout", "layerdrop", "path")}
+                if old.get(k) != new.get(k) and k not in ("dropout", "layerdrop", "path", "pos_conv_impl")}
         if diff:
             raise ValueError(f"cannot resume: {section} differs from the checkpoint's config: "
                              + ", ".join(f"{section}.{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items())))

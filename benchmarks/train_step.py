@@ -1,130 +1,230 @@
-"""Training-step throughput, model FLOPs utilisation and memory of a config on one device.
+"""Training-step throughput of the trainer's own step, on the batches its own sampler packs.
 
-Runs the real training step's compute path: log-mel + SpecAugment on the device, the CTC
-student under bf16 autocast (SDPA attention with padding masks), the CTC loss, gradient
-clipping, the fused optimizer and the EMA teacher update, on random waveforms whose lengths
-follow LibriSpeech's (10-16.5 s mostly), packed to ``data.max_batch_seconds`` per batch.
-The data pipeline is measured separately (benchmarks/loader.py).
+    python -m benchmarks.train_step --config configs/librispeech_paper.yaml --seconds 400 800 \
+        --baseline path/to/plain_ctc_transformer.py --json step.json
 
-    python -m benchmarks.train_step --config configs/base.yaml --steps 50
-    python -m benchmarks.train_step --config configs/librispeech_paper.yaml --steps 200 data.max_batch_seconds=1600
+The batches come from :class:`asr.data.sampler.EpochPlan` over LibriSpeech-shaped durations
+(train-960's distribution: 12.3 s mean, 1-24.5 s), with random audio and transcripts of 15
+letters a second; the step is :func:`asr.step.train_step` on parts built by
+:func:`asr.train.build`, exactly as ``asr train`` runs it (bf16, fused optimizer, compiled
+encoder blocks unless ``--no-compile``). Reported per row: step time, real-audio and
+padded-audio x real time, peak memory, and MFU:
 
-Prints one markdown row: config, parameters, batch seconds, step time, audio seconds per
-second, model TFLOP/s and MFU (against the dense bf16 peak given by --peak-tflops), peak memory.
+    MFU = 3 x sum over the blocks actually run (LayerDrop's skipped ones are not work) and over
+          the batch's utterances of (2 (4 d^2 + 2 d f) t + 4 d t^2) / step time / peak
+
+with t an utterance's real encoder frames, d the width and f the feed-forward width: the
+matmul and attention FLOPs of forward + backward, the formula of the plain baseline. With
+``--baseline``, the plain PyTorch step of the same size is run in the same process tree at the
+same audio per step, eager and compiled, and the ratio of real-time factors is printed.
+Also timed: the teacher's forward + greedy labels against a student step, and the EMA update.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from asr.config import load_config
-from asr.data.features import LogMelFeatures
-from asr.data.specaug import SpecAugment
+from asr.data.loader import Batch
+from asr.data.sampler import DataPosition, EpochPlan
 from asr.ema import EMATeacher
-from asr.model import build_model
-from asr.scaling import derive
-from asr.train import build_optimizer, ctc_loss
+from asr.metrics import Meter
+from asr.pseudo_label import make_pseudo_labels
+from asr.runtime import setup_runtime
+from asr.scaling import Schedule
+from asr.step import SkippedSteps, StepOptions, train_step
+from asr.text.tokenizer import LetterTokenizer
+from asr.train import build
+
+SAMPLE_RATE = 16000
 
 
-def librispeech_like_lengths(rng: np.random.Generator, total_seconds: float) -> list[float]:
-    """Utterance durations (s) filling one batch: 12.7 s mean, 80% in 10-16.5 s, 1-24.5 s."""
-    durations: list[float] = []
-    while True:
-        d = float(np.clip(rng.normal(13.2, 2.6) if rng.random() < 0.85 else rng.uniform(1.0, 24.5), 1.0, 24.5))
-        longest = max([*durations, d])
-        if longest * (len(durations) + 1) > total_seconds:
-            return durations or [d]
-        durations.append(d)
+def librispeech_durations(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Utterance durations shaped like LibriSpeech's training parts: most 10-16.5 s, some short."""
+    long = np.clip(rng.normal(13.9, 2.1, n), 1.0, 24.5)
+    short = rng.uniform(1.0, 10.0, n)
+    return np.where(rng.random(n) < 0.85, long, short).astype(np.float32)
 
 
-def model_flops_per_frame(cfg, n_frames: float) -> float:
-    """Forward FLOPs per encoder frame: 2 x matmul parameters + attention (QK^T and AV)."""
+def sampler_batches(seconds: float, count: int, seed: int = 0) -> list[Batch]:
+    """``count`` micro-batches as the trainer's sampler packs them at ``seconds`` per batch."""
+    rng = np.random.default_rng(seed)
+    durations = librispeech_durations(20_000, rng)
+    plan = EpochPlan.build(durations, max_batch_seconds=seconds, num_buckets=16, min_duration=0.5,
+                           max_duration=min(30.0, seconds), seed=seed, epoch=0)
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ '"
+    batches = []
+    for b in rng.choice(len(plan), size=count, replace=False):
+        members = plan.batch(int(b))
+        lengths = torch.tensor([int(durations[i] * SAMPLE_RATE) for i in members])
+        waves = torch.randn(len(members), int(lengths.max())) * 0.1
+        texts = ["".join(rng.choice(list(letters), size=int(durations[i] * 15))).strip() or "A" for i in members]
+        padded = len(members) * float(lengths.max()) / SAMPLE_RATE
+        batches.append(Batch(waves=waves, lengths=lengths, keys=[str(i) for i in members], texts=texts,
+                             truths=None, sample_rate=SAMPLE_RATE, seconds=float(lengths.sum()) / SAMPLE_RATE,
+                             padded_seconds=padded, epoch=0, position=DataPosition(), failed=0,
+                             duplicate=False))
+    return batches
+
+
+def step_flops(cfg, model, features, batch: Batch, blocks_run: int) -> float:
+    """Forward + backward FLOPs of one step over ``batch`` (see the module docstring)."""
     m = cfg.model
-    per_block = 2 * (4 * m.d_model**2 + 2 * m.d_model * m.ffn_dim) + 2 * 2 * m.d_model * n_frames
-    return m.num_layers * per_block
+    t = model.output_lengths(features.frame_lengths(batch.lengths)).double()
+    per_block = (2 * (4 * m.d_model**2 + 2 * m.d_model * m.ffn_dim) * t + 4 * m.d_model * t**2).sum().item()
+    return 3 * blocks_run * per_block
+
+
+def cuda_time(fn, repeats: int) -> float:
+    """Mean seconds of ``fn()`` over ``repeats`` calls, after the GPU is idle."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
+
+
+def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: int, peak_tflops: float,
+            overrides: list[str]) -> dict:
+    cfg = load_config(config, [*overrides, f"data.max_batch_seconds={seconds}",
+                               f"data.max_duration={min(30.0, seconds)}", f"train.compile={compile_mode}",
+                               f"scaling.reference_seconds={seconds}"])
+    rt = setup_runtime("cuda", "bf16")
+    torch.manual_seed(0)
+    parts = build(cfg, rt, LetterTokenizer(), Schedule(cfg, 1))
+    if compile_mode != "none":
+        parts.model.compile_blocks()
+    parts.teacher = EMATeacher(parts.model)
+    if compile_mode != "none":
+        parts.teacher.module.compile_blocks()
+    options = StepOptions(grad_clip=cfg.optim.grad_clip)
+    meter, skipped = Meter(rt.device), SkippedSteps(rt.device)
+    batches = [b.pin_memory() for b in sampler_batches(seconds, 12)]
+    blocks_run = []
+    hook = [layer.register_forward_pre_hook(lambda *_: blocks_run.append(1)) for layer in parts.model.encoder.layers]
+
+    def step(i: int) -> None:
+        parts.model.set_layerdrop_seed(i)
+        train_step(parts, [batches[i % len(batches)]], unlabeled=False, augment=True, rho=0.999,
+                   options=options, meter=meter, skipped=skipped)
+
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        step(i)
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    blocks_run.clear()
+    audio = padded = flops = 0.0
+    blocks_before = 0
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+        batch = batches[i % len(batches)]
+        audio += batch.seconds
+        padded += batch.padded_seconds
+        flops += step_flops(cfg, parts.model, parts.features, batch, len(blocks_run) - blocks_before)
+        blocks_before = len(blocks_run)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    for h in hook:
+        h.remove()
+    peak_mem = torch.cuda.max_memory_allocated() / 2**30
+
+    # the teacher's forward + greedy labels, as the pseudo-label step runs them
+    def teacher_labels(batch: Batch) -> None:
+        b = batch.to(rt.device)
+        with torch.no_grad():
+            feats, feat_lengths = parts.features(b.waves, b.lengths)
+            with rt.autocast():
+                log_probs, lengths = parts.teacher(feats, feat_lengths)
+            make_pseudo_labels(log_probs, lengths, parts.model.output_lengths(feat_lengths), blank_id=0)
+
+    for b in batches[:3]:
+        teacher_labels(b)
+    teacher_s = cuda_time(lambda: [teacher_labels(b) for b in batches], 2) / len(batches)
+    ema_s = cuda_time(lambda: parts.teacher.update(parts.model, torch.tensor(0.999, device=rt.device)), 20)
+    # the update's memory floor: read teacher and student, write the teacher (fp32), the traffic
+    # of one copy of 1.5x the weights
+    params = sum(p.numel() for p in parts.teacher.module.parameters())
+    src = torch.empty(3 * params // 2, device=rt.device)
+    dst = torch.empty_like(src)
+    copy_s = cuda_time(lambda: dst.copy_(src), 20)
+    step_s = elapsed / steps
+    return {
+        "config": config, "compile": compile_mode, "audio_s_per_step": audio / steps,
+        "padded_s_per_step": padded / steps, "params_M": sum(p.numel() for p in parts.model.parameters()) / 1e6,
+        "step_ms": 1e3 * step_s, "x_real_time": audio / elapsed, "x_real_time_padded": padded / elapsed,
+        "model_tflops": flops / elapsed / 1e12, "mfu": flops / elapsed / 1e12 / peak_tflops,
+        "peak_mem_gib": peak_mem, "first_steps_s": first_s,
+        "teacher_labels_over_step": teacher_s / step_s, "ema_ms": 1e3 * ema_s, "ema_floor_ms": 1e3 * copy_s,
+    }
+
+
+def run_baseline(path: str, seconds: list[float], out: Path) -> list[dict]:
+    """The plain PyTorch step of the same size, eager and compiled, in its own process."""
+    subprocess.run([sys.executable, path, "--seconds", *map(str, seconds), "--json", str(out)], check=True)
+    return json.loads(out.read_text())[1:]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--compile", action="store_true", help="torch.compile(dynamic=True) the student (fails with torch 2.11: docs/PERFORMANCE.md)")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--config", action="append", required=True, help="a config (repeatable)")
+    parser.add_argument("--seconds", type=float, nargs="+", default=[400.0, 800.0], help="audio per GPU step")
+    parser.add_argument("--compile", nargs="+", default=["blocks", "none"], choices=["blocks", "none"])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
+    parser.add_argument("--baseline", help="path of the plain PyTorch baseline script")
+    parser.add_argument("--json", type=Path, help="write every row here too")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every row")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks.train_step measures a GPU step; no CUDA device is visible")
 
-    cfg = load_config(args.config, args.overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    torch.manual_seed(0)
-    model = build_model(cfg.model, n_mels=cfg.features.n_mels, vocab_size=29).to(device)
-    features = LogMelFeatures.from_config(cfg.features).to(device)
-    specaug = SpecAugment.from_config(cfg.specaug).to(device)
-    hp = derive(cfg, world_size=1)
-    optimizer = build_optimizer(cfg.optim.name, list(model.parameters()), hp, device)
-    teacher = EMATeacher(model)
-    student = torch.compile(model, dynamic=True) if args.compile else model
-    rng = np.random.default_rng(0)
-    sr = cfg.features.sample_rate
-
-    batches = []
-    for _ in range(8):  # a few distinct shapes, as in real training
-        durations = librispeech_like_lengths(rng, cfg.data.max_batch_seconds)
-        lengths = torch.tensor([int(d * sr) for d in durations])
-        waves = torch.randn(len(durations), int(lengths.max())) * 0.1
-        texts = torch.randint(1, 29, (len(durations), int(max(durations) * 14)))
-        target_lengths = torch.tensor([int(d * 14) for d in durations])
-        batches.append((waves.pin_memory() if device.type == "cuda" else waves, lengths, texts, target_lengths))
-
-    def step(batch) -> float:
-        waves, lengths, targets, target_lengths = (t.to(device, non_blocking=True) for t in batch)
-        with torch.no_grad():
-            feats, feat_lengths = features(waves, lengths)
-            feats = specaug(feats, feat_lengths)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            log_probs, out_lengths = student(feats, feat_lengths)
-        keep = torch.ones_like(out_lengths, dtype=torch.bool)
-        loss = ctc_loss(log_probs, out_lengths, targets, target_lengths, keep)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        teacher.update(model, hp.rho)
-        return float(lengths.sum()) / sr
-
-    for i in range(args.warmup):
-        step(batches[i % len(batches)])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    audio, frames, t0 = 0.0, 0.0, time.perf_counter()
-    flops = 0.0
-    for i in range(args.steps):
-        batch = batches[i % len(batches)]
-        audio += step(batch)
-        n_frames = float(model.output_lengths(features.frame_lengths(batch[1])).sum())
-        longest = float(model.output_lengths(features.frame_lengths(batch[1].max()[None]))[0])
-        flops += 3 * n_frames * model_flops_per_frame(cfg, longest)  # forward + 2x backward
-        frames += n_frames
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    params = sum(p.numel() for p in model.parameters())
-    tflops = flops / seconds / 1e12
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else math.nan
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print("| config | device | params (M) | batch (s) | step (ms) | x real time | model TFLOP/s | MFU | peak mem (GiB) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    mode = " (compiled)" if args.compile else ""
-    print(f"| {args.config}{mode} {' '.join(args.overrides)} | {name} | {params / 1e6:.1f} | {cfg.data.max_batch_seconds:g} | "
-          f"{1000 * seconds / args.steps:.1f} | {audio / seconds:.0f} | {tflops:.1f} | "
-          f"{100 * tflops / args.peak_tflops:.1f}% | {peak:.1f} |", flush=True)
+    rows = []
+    baseline = run_baseline(args.baseline, args.seconds, args.json.with_suffix(".baseline.json")
+                            if args.json else Path("baseline.json")) if args.baseline else []
+    print(f"## {torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print("| config | compile | audio s/step (real / padded) | step ms | x real time (real / padded) | MFU | "
+          "peak GiB | vs compiled plain | teacher+labels / step | EMA ms (floor) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for config in args.config:
+        for seconds in args.seconds:
+            for mode in args.compile:
+                try:
+                    r = measure(config, seconds, mode, args.steps, args.warmup, args.peak_tflops, args.overrides)
+                except torch.OutOfMemoryError:
+                    print(f"| {config} | {mode} | {seconds:g} | out of memory |", flush=True)
+                    torch.cuda.empty_cache()
+                    continue
+                plain = [b for b in baseline if b["mode"] == "compiled" and abs(b["audio_s_per_step"] - seconds) / seconds < 0.05]
+                r["vs_compiled_plain"] = r["x_real_time"] / plain[0]["x_real_time"] if plain else math.nan
+                rows.append(r)
+                print(f"| {config} | {mode} | {r['audio_s_per_step']:.0f} / {r['padded_s_per_step']:.0f} | "
+                      f"{r['step_ms']:.1f} | {r['x_real_time']:.0f} / {r['x_real_time_padded']:.0f} | "
+                      f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.1f} | {r['vs_compiled_plain']:.2f}x | "
+                      f"{r['teacher_labels_over_step']:.2f} | {r['ema_ms']:.2f} ({r['ema_floor_ms']:.2f}) |",
+                      flush=True)
+                torch.cuda.empty_cache()
+    if baseline:
+        print("| plain baseline | mode | audio s/step | step ms | x real time | MFU | peak GiB |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for b in baseline:
+            print(f"| plain | {b['mode']} | {b['audio_s_per_step']:.0f} | {b['step_ms']:.1f} | "
+                  f"{b['x_real_time']:.0f} | {100 * b['mfu_vs_peak']:.1f}% | {b['peak_mem_gib']:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "baseline": baseline}, indent=1))
 
 
 if __name__ == "__main__":

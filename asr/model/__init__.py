@@ -30,8 +30,8 @@ def build_model(cfg: Any, n_mels: int, vocab_size: int) -> CTCModel:
     """Build the model from the ``model`` section of a config (``asr.config.ModelConfig``).
 
     Construct under ``torch.device("meta")`` to count parameters without allocating them.
-    ``model.pos_conv_impl`` (auto, direct or fft) is read when the config has it; ``auto``
-    (the default) is the FFT on CUDA and the direct convolution elsewhere.
+    ``model.pos_conv_impl``: ``auto`` (the default) is the FFT on CUDA and the direct
+    convolution elsewhere.
     """
     encoder = Encoder(
         d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
@@ -39,7 +39,7 @@ def build_model(cfg: Any, n_mels: int, vocab_size: int) -> CTCModel:
         layerdrop=cfg.layerdrop, norm_first=cfg.norm_first, position=cfg.position,
         pos_conv_kernel=cfg.pos_conv_kernel, pos_conv_groups=cfg.pos_conv_groups,
         conv_kernel=cfg.conv_kernel if cfg.conv_module else None,
-        pos_conv_impl=getattr(cfg, "pos_conv_impl", "auto"),
+        pos_conv_impl=cfg.pos_conv_impl,
     )
     frontend = build_frontend(cfg.frontend, n_mels, cfg.d_model)
     return CTCModel(frontend, encoder, cfg.d_model, vocab_size, cfg.dropout)

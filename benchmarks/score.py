@@ -21,7 +21,9 @@ from importlib.metadata import version
 
 import numpy as np
 
-from asr.wer import edit_counts_batch, score_corpus, write_reports
+from asr.edit_distance import edit_counts_batch
+from asr.score_report import write_reports
+from asr.wer import score_corpus
 
 LETTERS = np.array(list("ETAONIHSRDLUWMCFGYPBVK'XJQZ"))
 
@@ -88,7 +90,7 @@ def main() -> None:
 
     seconds, (words, chars) = best_of(args.repeat, ours)
     wer, cer = words[:, 1:].sum() / words[:, 0].sum(), chars[:, 1:].sum() / chars[:, 0].sum()
-    rows.append(("asr.wer: WER + CER counts (`edit_counts_batch`, words and characters)", seconds))
+    rows.append(("asr.edit_distance: WER + CER counts (`edit_counts_batch`, words and characters)", seconds))
 
     import jiwer
 
@@ -105,7 +107,7 @@ def main() -> None:
     rows.append(("asr.wer: `score_corpus`, normalize=librispeech", seconds))
     with tempfile.TemporaryDirectory() as out:
         seconds, _ = best_of(args.repeat, lambda: write_reports(score, out, name="bench"))
-    rows.append(("asr.wer: `write_reports` (alignments.txt and the other report files)", seconds))
+    rows.append(("asr.score_report: `write_reports` (alignments.txt and the other report files)", seconds))
 
     print(f"{args.pairs} pairs, {words[:, 0].sum()} reference words, {chars[:, 0].sum()} "
           f"characters; WER {100 * wer:.2f}% CER {100 * cer:.2f}% (equal to jiwer's)")

@@ -10,17 +10,15 @@ import kaldialign
 import numpy as np
 import pytest
 
-from asr.wer import (
+from asr.edit_distance import (
     Counts,
     align,
     align_batch,
-    bootstrap_ci,
     edit_counts,
     edit_counts_batch,
     edit_distance,
-    paired_bootstrap,
-    score_corpus,
 )
+from asr.wer import bootstrap_ci, paired_bootstrap, score_corpus
 
 
 def textbook_counts(ref, hyp) -> tuple[int, int, int, int]:
@@ -119,12 +117,35 @@ def test_alignment_carries_the_tokens_and_their_counts():
     assert alignment.counts == Counts(n=4, substitutions=1, deletions=1, insertions=1)
 
 
-def test_counts_follow_the_rule_on_random_pairs():
-    refs, hyps = random_pairs(2000, seed=0, vocab=5, max_len=14)
+@pytest.mark.parametrize(("seed", "vocab", "max_len"), [
+    (0, 5, 14),  # small vocabularies: many alignments with the fewest errors, few with most hits
+    (10, 2, 30),
+    (11, 40, 20),
+    (12, 3000, 25),  # LibriSpeech-like: almost every token distinct
+])
+def test_counts_follow_the_rule_on_random_pairs(seed, vocab, max_len):
+    refs, hyps = random_pairs(3000, seed=seed, vocab=vocab, max_len=max_len)
     got = edit_counts_batch(refs, hyps)
-    assert got.shape == (2000, 4)
-    for ref, hyp, row in zip(refs, hyps, got.tolist(), strict=True):
-        assert tuple(row) == textbook_counts(ref, hyp), (ref, hyp)
+    assert got.shape == (3000, 4)
+    for ref, hyp, row, alignment in zip(refs, hyps, got.tolist(), align_batch(refs, hyps),
+                                        strict=True):
+        expected = textbook_counts(ref, hyp)
+        assert tuple(row) == expected, (ref, hyp)
+        assert alignment.counts == Counts(*expected), (ref, hyp)
+
+
+def test_tokens_are_compared_by_equality_not_by_hash():
+    assert hash(2**61) == hash(1) and hash(-1) == hash(-2)
+    assert edit_counts([2**61, -1, "A"], [1, -2, "A"]) == Counts(3, 2, 0, 0)
+    assert edit_counts([(1, "X"), 2.5], [(1, "X"), 2.5]) == Counts(2)
+
+
+def test_more_distinct_tokens_than_unicode_code_points_still_count(monkeypatch):
+    refs, hyps = random_pairs(300, seed=5, vocab=50, max_len=12)
+    expected = edit_counts_batch(refs, hyps)
+    monkeypatch.setattr("asr.edit_distance._CHAR_IDS", 10)  # ids as ints in lists instead
+    assert (edit_counts_batch(refs, hyps) == expected).all()
+    assert [a.counts for a in align_batch(refs, hyps)] == [Counts(*row) for row in expected.tolist()]
 
 
 def test_total_errors_equal_kaldialign_on_random_pairs():

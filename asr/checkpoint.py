@@ -21,18 +21,18 @@ from typing import Any
 
 import torch
 
+from asr.fileio import atomic_path
+
 CHECKPOINT_VERSION = 1
 _STEP_FILE = re.compile(r"^update-(\d{8})\.pt$")
 
 
 def _atomic_link(target: Path, link: Path) -> None:
-    tmp = link.with_name(f".{link.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(target, tmp)
-    except OSError:  # filesystems without hard links: fall back to a copy
-        torch.save(torch.load(target, map_location="cpu", weights_only=True), tmp)
-    os.replace(tmp, link)
+    with atomic_path(link) as tmp:
+        try:
+            os.link(target, tmp)
+        except OSError:  # filesystems without hard links: fall back to a copy
+            torch.save(torch.load(target, map_location="cpu", weights_only=True), tmp)
 
 
 def save_checkpoint(payload: dict[str, Any], ckpt_dir: str | Path, updates: int, *,
@@ -41,16 +41,9 @@ def save_checkpoint(payload: dict[str, Any], ckpt_dir: str | Path, updates: int,
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"update-{updates:08d}.pt"
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"version": CHECKPOINT_VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename publishes it
-        os.replace(tmp, path)
-    except BaseException:  # an interrupted save leaves no partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    # fsync: on disk before the rename publishes it; an interrupted save leaves no partial file
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save({"version": CHECKPOINT_VERSION, **payload}, tmp)
     _atomic_link(path, ckpt_dir / "last.pt")
     if is_best:
         _atomic_link(path, ckpt_dir / "best.pt")

@@ -17,7 +17,7 @@ import soundfile as sf
 
 from asr.cli import main
 from asr.data.audio import AudioDecodeError, decode_audio
-from asr.data.manifest import parallel_map, prepare_corpus, read_manifest, write_atomic
+from asr.data.manifest import prepare_corpus, read_manifest
 from asr.data.shards import (
     build_index,
     load_index,
@@ -26,6 +26,7 @@ from asr.data.shards import (
     save_index,
     shard_split,
 )
+from asr.fileio import CountProgress, atomic_path, parallel_map, write_atomic
 
 MINI = Path(__file__).resolve().parents[1].parent / "shared" / "librispeech-mini"
 needs_mini = pytest.mark.skipif(
@@ -439,4 +440,44 @@ def test_a_worker_that_dies_fails_the_map_instead_of_hanging_it():
     # os._exit kills the worker process outright, as the kernel's OOM killer or a crashing
     # native library would: the map must raise, not wait forever for the lost result.
     with pytest.raises(BrokenProcessPool):
-        parallel_map(os._exit, [3, 3], jobs=2, label="die")
+        parallel_map(os._exit, [3, 3], jobs=2)
+    with pytest.raises(BrokenProcessPool):
+        parallel_map(os._exit, [3, 3], jobs=2, ordered=False)
+
+
+class _Recorder:
+    """A progress hook that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[int, int]] = []
+        self.closed = 0
+
+    def update(self, done: int, result: int) -> None:
+        self.updates.append((done, result))
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize(("jobs", "ordered"), [(1, True), (2, True), (2, False)])
+def test_parallel_map_reports_every_result_to_its_progress_hook(jobs, ordered):
+    progress = _Recorder()
+    results = parallel_map(abs, list(range(-20, 0)), jobs=jobs, progress=progress, ordered=ordered)
+    assert results == list(range(20, 0, -1)) if ordered else sorted(results) == list(range(1, 21))
+    assert progress.updates == list(enumerate(results, 1)) and progress.closed == 1
+
+
+def test_count_progress_prints_the_final_count_to_a_log(capsys):
+    parallel_map(abs, [1, 2, 3], jobs=1, progress=CountProgress("probe", 3))
+    assert capsys.readouterr().err.endswith("probe: 3/3\n")
+
+
+def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
+    path = tmp_path / "model.pt"
+    with pytest.raises(RuntimeError), atomic_path(path, fsync=True) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(path, fsync=True) as tmp:
+        tmp.write_bytes(b"whole")
+    assert path.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [path]

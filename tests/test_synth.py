@@ -111,12 +111,17 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_gives_identical_bytes_whatever_the_job_count(corpus, tmp_path):
+def test_same_seed_gives_identical_bytes_whatever_the_job_count(corpus, tmp_path, capsys):
     again = _files(_synth(tmp_path / "again", jobs=1))
     first = _files(corpus)
     assert sorted(again) == sorted(first)
     different = [name for name in first if first[name] != again[name]]
     assert different == []
+    # no temporary file is left behind, and the last progress line counts hours and speed
+    assert not [name for name in again if ".tmp-" in name]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"synth: (\d+)/\1 utterances \(100%\), [\d.]+ h audio, \d+x real time, "
+                        r"elapsed \d+ s, ETA 0 s", last), last
 
 
 def test_another_seed_gives_another_corpus(corpus, tmp_path):

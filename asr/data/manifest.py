@@ -22,20 +22,17 @@ unlabeled split, so shards, sampler and trainer see a single split.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import soundfile as sf
 
 from asr.data.audio import AudioDecodeError, encode_flac, read_audio_file, resample
+from asr.fileio import CountProgress, parallel_map, write_atomic
 from asr.text.normalize import normalize_librispeech
 
 AUDIO_SUFFIXES = (".flac", ".wav")
@@ -52,74 +49,9 @@ SAMPLE_RATE = "wrong sample rate"
 NOT_MONO = "not mono"
 DUPLICATE = "duplicate id"
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 
 # ---------------------------------------------------------------------------------------------
-# Small shared helpers: atomic writes, a parallel map with a progress line, manifest reading
-
-
-def write_atomic(path: str | Path, data: bytes | memoryview | str) -> None:
-    """Write ``path`` via a temporary file in the same folder and a rename: readers see the old
-    file or the whole new one, never a partial one (also when interrupted)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def resolve_jobs(jobs: int) -> int:
-    """Worker processes for ``--jobs``: 0 means every core this process may use."""
-    if jobs < 0:
-        raise ValueError(f"--jobs must be >= 0 (0: all cores), got {jobs}")
-    if jobs == 0:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return jobs
-
-
-def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, jobs: int, label: str) -> list[R]:
-    """``[fn(x) for x in items]`` in ``jobs`` processes (in this one for jobs=1), in order,
-    with a progress line on stderr. Workers come from a fork server, so a parent that has
-    started threads (torch, OpenMP) cannot deadlock them; a worker that dies raises
-    BrokenProcessPool instead of hanging the map."""
-    jobs = min(resolve_jobs(jobs), max(len(items), 1))
-    progress = _Progress(label, len(items))
-    results: list[R] = []
-    if jobs == 1:
-        for item in items:
-            results.append(fn(item))
-            progress.update(len(results))
-    else:
-        chunksize = max(1, min(64, len(items) // (jobs * 8)))
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            for result in pool.map(fn, items, chunksize=chunksize):
-                results.append(result)
-                progress.update(len(results))
-    progress.done()
-    return results
-
-
-class _Progress:
-    """``label: done/total`` on one stderr line, redrawn at most twice a second on a terminal
-    (a log file gets only the final count)."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self._last = label, total, 0.0
-        self._live = sys.stderr.isatty()
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if self._live and now - self._last >= 0.5:
-            self._last = now
-            print(f"\r{self.label}: {done}/{self.total}", end="", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        print(f"\r{self.label}: {self.total}/{self.total}", file=sys.stderr, flush=True)
+# Manifest reading
 
 
 def read_manifest(path: str | Path) -> list[dict[str, Any]]:
@@ -283,7 +215,8 @@ def prepare_split(
               for utt_id, _ in kept]
     if resample:
         resampled_dir.mkdir(parents=True, exist_ok=True)
-    results = parallel_map(_probe_audio, probes, jobs=jobs, label=f"prepare {split}")
+    results = parallel_map(_probe_audio, probes, jobs=jobs,
+                           progress=CountProgress(f"prepare {split}", len(probes)))
 
     lines = []
     for (utt_id, text), (facts, reason, detail) in zip(kept, results, strict=True):

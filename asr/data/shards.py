@@ -41,7 +41,8 @@ import numpy as np
 import soundfile as sf
 
 from asr.data.audio import AudioDecodeError, decode_audio, encode_flac, read_audio_file
-from asr.data.manifest import UNREADABLE, parallel_map, read_manifest_lines, write_atomic
+from asr.data.manifest import UNREADABLE, read_manifest_lines
+from asr.fileio import TMP_MARK, CountProgress, atomic_path, parallel_map, write_atomic
 
 INDEX_FILE = "index.npz"
 INDEX_FORMAT_VERSION = 1
@@ -73,6 +74,11 @@ class _Strings:
 
     def __getitem__(self, i: int) -> str:
         return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+
+    def to_list(self) -> list[str]:
+        """Every string, decoding the blob once instead of once a string."""
+        blob, ends = self.data.tobytes(), self.offsets.tolist()
+        return [blob[a:b].decode("utf-8") for a, b in itertools.pairwise(ends)]
 
     @property
     def nbytes(self) -> int:
@@ -156,6 +162,11 @@ class SplitIndex:
     def text(self, i: int) -> str:
         """Normalized transcript; "" in an unlabeled split."""
         return self._texts[i]
+
+    @property
+    def texts(self) -> list[str]:
+        """Every normalized transcript in index order (e.g. to build a tokenizer)."""
+        return self._texts.to_list()
 
     def truth(self, i: int) -> str | None:
         """Held-out transcript of an unlabeled utterance (for scoring pseudo-labels), else None."""
@@ -469,26 +480,21 @@ def _write_shard(job: _ShardJob) -> dict[str, Any]:
     if record is not None:
         return record | {"written": False}
     members: list[list[int] | dict[str, str]] = []
-    tmp = Path(job.path).with_name(f".{Path(job.path).name}.tmp-{os.getpid()}")
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for line in job.lines:
-                entry = json.loads(line)
-                key = entry["id"]
-                if not key or any(c in key for c in "./\\"):  # WebDataset splits names at the first "."
-                    members.append({"reason": BAD_KEY, "detail": f"{key!r} is empty or holds '.', '/' or '\\'"})
-                    continue
-                try:
-                    data = _flac_bytes(entry)
-                except AudioDecodeError as err:
-                    members.append({"reason": UNREADABLE, "detail": f"{err.source}: {err.reason}"})
-                    continue
-                members.append([_add_member(tar, f"{key}.flac", data), len(data)])
-                meta = {k: v for k, v in entry.items() if k != "audio"}
-                _add_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
-        os.replace(tmp, job.path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(job.path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for line in job.lines:
+            entry = json.loads(line)
+            key = entry["id"]
+            if not key or any(c in key for c in "./\\"):  # WebDataset splits names at the first "."
+                members.append({"reason": BAD_KEY, "detail": f"{key!r} is empty or holds '.', '/' or '\\'"})
+                continue
+            try:
+                data = _flac_bytes(entry)
+            except AudioDecodeError as err:
+                members.append({"reason": UNREADABLE, "detail": f"{err.source}: {err.reason}"})
+                continue
+            members.append([_add_member(tar, f"{key}.flac", data), len(data)])
+            meta = {k: v for k, v in entry.items() if k != "audio"}
+            _add_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
     record = {"format": SHARD_FORMAT_VERSION, "sha256": job.digest,
               "tar_bytes": os.path.getsize(job.path), "members": members}
     write_atomic(_record_path(job.path), json.dumps(record) + "\n")
@@ -499,7 +505,7 @@ def _remove_stale(split_dir: Path, keep: set[str]) -> None:
     """Delete shards and records of an earlier, longer plan and temp files of killed runs."""
     for path in split_dir.iterdir():
         stale_shard = path.name.startswith("shard-") and path.suffix in (".tar", ".json")
-        if (stale_shard and path.with_suffix(".tar").name not in keep) or ".tmp-" in path.name:
+        if (stale_shard and path.with_suffix(".tar").name not in keep) or TMP_MARK in path.name:
             path.unlink()
 
 
@@ -526,7 +532,8 @@ def shard_split(
     split_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan_shards(rows, split_dir, shard_bytes=shard_mb * 1e6, shard_utterances=shard_utterances)
     _remove_stale(split_dir, {Path(job.path).name for job in plan})
-    records = parallel_map(_write_shard, plan, jobs=jobs, label=f"shard {split}")
+    records = parallel_map(_write_shard, plan, jobs=jobs,
+                           progress=CountProgress(f"shard {split}", len(plan)))
 
     report = ShardReport(split, shards=len(plan))
     kept: list[tuple[int, list[int], dict[str, Any]]] = []  # (shard number, [offset, size], entry)

@@ -38,8 +38,6 @@ import functools
 import itertools
 import json
 import math
-import multiprocessing
-import os
 import re
 import shutil
 import subprocess
@@ -47,7 +45,6 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -56,6 +53,7 @@ import numpy as np
 import soundfile as sf
 
 from asr.data.synth_text import Sentence, load_sentences, split_pools
+from asr.fileio import atomic_path, parallel_map, resolve_jobs, write_atomic
 
 SAMPLE_RATE = 16000
 """Hz, LibriSpeech's rate."""
@@ -435,10 +433,8 @@ class Renderer:
         audio = apply_condition(np.frombuffer(raw, dtype="<f4"), CONDITIONS[utt.condition],
                                 np.random.default_rng(utt.seed))
         pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
-        path = self.root / utt.path
-        tmp = path.with_name(f".{path.name}.tmp")
-        sf.write(tmp, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
+        with atomic_path(self.root / utt.path) as tmp:
+            sf.write(tmp, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
         return utt.id, len(pcm) / SAMPLE_RATE
 
 
@@ -478,14 +474,6 @@ def _check_voices(espeak: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------
 # Writing the corpus
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomically: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _kaldi_text(utterances: list[Utterance]) -> str:
@@ -567,39 +555,36 @@ def _progress(done: int, total: int, audio_s: float, elapsed_s: float) -> str:
 def _render_all(plan: CorpusPlan, render: Renderer, jobs: int) -> dict[str, float]:
     """Render every utterance on ``jobs`` processes; seconds of audio by utterance id.
 
-    A process pool of concurrent.futures, not multiprocessing.Pool: a worker that dies (killed
-    for memory, a crashing library) raises BrokenProcessPool here instead of hanging forever.
+    Chunks are collected in completion order, so the progress lines follow the work done.
     """
-    seconds: dict[str, float] = {}
-    start = last = time.monotonic()
     total = len(plan.utterances)
     print(f"synth: rendering {total} utterances on {jobs} process{'es' if jobs > 1 else ''}",
           file=sys.stderr, flush=True)
     chunks = [plan.utterances[i:i + RENDER_CHUNK] for i in range(0, total, RENDER_CHUNK)]
-    for done in _render_chunks(chunks, render, jobs):
-        seconds.update(done)
+    done = parallel_map(functools.partial(_render_chunk, render), chunks, jobs=jobs,
+                        progress=_RenderProgress(total), ordered=False)
+    return {utt_id: seconds for chunk in done for utt_id, seconds in chunk.items()}
+
+
+class _RenderProgress:
+    """A line every PROGRESS_EVERY_S seconds and at the end: utterances, hours of audio,
+    speed as a multiple of real time, and the time left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.audio_s = total, 0, 0.0
+        self._start = self._last = time.monotonic()
+
+    def update(self, done: int, result: dict[str, float]) -> None:
+        self.done += len(result)
+        self.audio_s += sum(result.values())
         now = time.monotonic()
-        if now - last >= PROGRESS_EVERY_S or len(seconds) == total:
-            print(_progress(len(seconds), total, sum(seconds.values()), now - start),
+        if now - self._last >= PROGRESS_EVERY_S or self.done == self.total:
+            print(_progress(self.done, self.total, self.audio_s, now - self._start),
                   file=sys.stderr, flush=True)
-            last = now
-    return seconds
+            self._last = now
 
-
-def _render_chunks(chunks: list[list[Utterance]], render: Renderer, jobs: int) -> Iterator[dict[str, float]]:
-    """Each chunk's {utterance id: seconds}, in completion order."""
-    if jobs <= 1:  # in this process: readable tracebacks
-        yield from (_render_chunk(render, chunk) for chunk in chunks)
-        return
-    # spawn: workers start clean whatever the caller has imported (no forked threads).
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_render_chunk, render, chunk) for chunk in chunks]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    def close(self) -> None:
+        pass  # the last update printed the final line
 
 
 def _render_chunk(render: Renderer, chunk: list[Utterance]) -> dict[str, float]:
@@ -613,18 +598,14 @@ def _write_transcripts(root: Path, plan: CorpusPlan, seconds: dict[str, float]) 
         if utt.split != UNLABELED_SPLIT:
             by_chapter[(root / utt.path).parent].append(utt)
     for folder, utts in by_chapter.items():
-        _write_text(folder / f"{utts[0].speaker}-{utts[0].chapter}.trans.txt", _kaldi_text(utts))
+        write_atomic(folder / f"{utts[0].speaker}-{utts[0].chapter}.trans.txt", _kaldi_text(utts))
     unlabeled = [u for u in plan.utterances if u.split == UNLABELED_SPLIT]
-    _write_text(root / "held-out" / f"{UNLABELED_SPLIT}.txt", _kaldi_text(unlabeled))
+    (root / "held-out").mkdir(parents=True, exist_ok=True)
+    write_atomic(root / "held-out" / f"{UNLABELED_SPLIT}.txt", _kaldi_text(unlabeled))
     speaker_seconds: dict[int, float] = defaultdict(float)
     for utt in plan.utterances:
         speaker_seconds[utt.speaker] += seconds[utt.id]
-    _write_text(root / "LibriSpeech" / "SPEAKERS.TXT", _speakers_txt(plan.speakers, speaker_seconds))
-
-
-def _cpu_count() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
+    write_atomic(root / "LibriSpeech" / "SPEAKERS.TXT", _speakers_txt(plan.speakers, speaker_seconds))
 
 
 def synthesize_corpus(out: str | Path, size: str = "tiny", hours_scale: float = 1.0, seed: int = 0,
@@ -639,8 +620,7 @@ def synthesize_corpus(out: str | Path, size: str = "tiny", hours_scale: float = 
         raise ValueError(f"unknown --size {size!r}; allowed: {', '.join(PRESETS)}")
     if not (math.isfinite(hours_scale) and hours_scale > 0):
         raise ValueError(f"--hours-scale must be a positive number, got {hours_scale}")
-    if jobs < 0:
-        raise ValueError(f"--jobs must be >= 0 (0: all cores), got {jobs}")
+    jobs = resolve_jobs(jobs)
     start = time.monotonic()
     root = Path(out)
     args = {"size": size, "hours_scale": hours_scale, "seed": seed}
@@ -658,12 +638,12 @@ def synthesize_corpus(out: str | Path, size: str = "tiny", hours_scale: float = 
 
     for folder in sorted({(root / u.path).parent for u in plan.utterances}):
         folder.mkdir(parents=True, exist_ok=True)
-    _write_text(root / "synth.json", _manifest(args, plan, espeak_version, None))
-    seconds = _render_all(plan, Renderer(root=root, espeak=espeak, sox=sox), jobs or _cpu_count())
+    write_atomic(root / "synth.json", _manifest(args, plan, espeak_version, None))
+    seconds = _render_all(plan, Renderer(root=root, espeak=espeak, sox=sox), jobs)
     _write_transcripts(root, plan, seconds)
     manifest = _manifest(args, plan, espeak_version, seconds)
-    _write_text(root / "synth.json", manifest)
-    _write_text(root / MARKER, json.dumps(args) + "\n")
+    write_atomic(root / "synth.json", manifest)
+    write_atomic(root / MARKER, json.dumps(args) + "\n")
 
     for split, info in json.loads(manifest)["splits"].items():
         print(f"synth: {split:<16} {info['utterances']:6d} utterances {info['speakers']:4d} speakers "

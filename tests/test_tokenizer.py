@@ -160,17 +160,16 @@ def test_tokenizer_from_bad_dict_is_an_error(d, message):
 # --- building, saving, loading ------------------------------------------------------------------
 
 
-def test_build_sentencepiece_from_manifest_then_load(tmp_path):
-    manifest = _write_manifest(tmp_path / "train.jsonl", TEXTS)
-    tok = build_tokenizer("sentencepiece", tmp_path / "tok", text_source=manifest,
-                          vocab_size=40, model_type="bpe")
+def test_build_sentencepiece_from_texts_then_load(tmp_path):
+    tok = build_tokenizer("sentencepiece", tmp_path / "tok", texts=TEXTS, vocab_size=40,
+                          model_type="bpe")
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
     assert (tmp_path / "tok" / "sentencepiece.model").read_bytes() == tok.model_bytes
     loaded = load_tokenizer(tmp_path / "tok")
     assert loaded.identity() == tok.identity() and loaded.vocab_size == 40
 
 
-def test_build_sentencepiece_from_shard_index_folder(tmp_path):
+def test_every_text_source_reads_the_same_texts(tmp_path):
     from asr.data.shards import build_index, save_index
 
     n = len(TEXTS)
@@ -178,32 +177,46 @@ def test_build_sentencepiece_from_shard_index_folder(tmp_path):
                         texts=TEXTS, speakers=["s"] * n, shard=[0] * n, offset=range(0, 1000 * n, 1000),
                         size=[1000] * n, duration=[1.0] * n, num_samples=[16000] * n)
     save_index(index, tmp_path)
-    assert read_texts(tmp_path) == TEXTS
-    from_index = build_tokenizer("sentencepiece", tmp_path / "tok", text_source=tmp_path, vocab_size=48)
-    manifest = _write_manifest(tmp_path / "train.jsonl", TEXTS)
-    from_manifest = build_tokenizer("sentencepiece", tmp_path / "tok2", text_source=manifest, vocab_size=48)
-    assert from_index.identity() == from_manifest.identity()
+    kaldi = tmp_path / "text"
+    kaldi.write_text("".join(f"u{i} {t}\n" for i, t in enumerate(TEXTS)), encoding="utf-8")
+    assert read_texts(tmp_path) == TEXTS  # a shard split folder
+    assert read_texts(_write_manifest(tmp_path / "train.jsonl", TEXTS)) == TEXTS
+    assert read_texts(kaldi) == TEXTS
+
+
+def test_the_same_texts_give_the_same_tokenizer(tmp_path):
+    first = build_tokenizer("sentencepiece", tmp_path / "a", texts=TEXTS, vocab_size=48)
+    again = build_tokenizer("sentencepiece", tmp_path / "b", texts=iter(TEXTS), vocab_size=48)
+    assert first.identity() == again.identity()
 
 
 def test_build_letters_checks_the_training_text(tmp_path):
-    manifest = _write_manifest(tmp_path / "train.jsonl", ["GOOD TEXT", "ROOM 101"])
-    with pytest.raises(ValueError, match=r"train.jsonl: utterance 2: .*character '1'"):
-        build_tokenizer("letters", tmp_path / "tok", text_source=manifest)
+    with pytest.raises(ValueError, match=r"utterance 2: .*character '1'"):
+        build_tokenizer("letters", tmp_path / "tok", texts=["GOOD TEXT", "ROOM 101"])
     tok = build_tokenizer("letters", tmp_path / "tok")
     assert load_tokenizer(tmp_path / "tok").identity() == tok.identity()
 
 
-@pytest.mark.parametrize(("kind", "source", "message"), [
-    ("sentencepiece", None, "a text source is needed"),
-    ("sentencepiece", "train.txt", "expected a manifest .jsonl"),
-    ("sentencepiece", "bad.jsonl", r"bad.jsonl:2: expected an object with a string 'text' field"),
+@pytest.mark.parametrize(("kind", "texts", "message"), [
+    ("sentencepiece", None, "training texts are needed"),
+    ("sentencepiece", ["", " "], "no non-empty text"),
     ("words", None, "allowed values are letters, sentencepiece"),
 ])
-def test_build_tokenizer_bad_input_is_a_clear_error(tmp_path, kind, source, message):
-    (tmp_path / "train.txt").write_text("HELLO\n")
-    (tmp_path / "bad.jsonl").write_text('{"text": "HELLO"}\n{"txt": "WORLD"}\n')
+def test_build_tokenizer_bad_input_is_a_clear_error(tmp_path, kind, texts, message):
     with pytest.raises(ValueError, match=message):
-        build_tokenizer(kind, tmp_path / "tok", text_source=source and tmp_path / source)
+        build_tokenizer(kind, tmp_path / "tok", texts=texts)
+
+
+@pytest.mark.parametrize(("source", "error", "message"), [
+    ("missing.jsonl", FileNotFoundError, "not found"),
+    ("bad.jsonl", ValueError, r"bad.jsonl:2: expected an object with a string 'text' field"),
+    ("broken.jsonl", ValueError, r"broken.jsonl:1: not a JSON line"),
+])
+def test_bad_text_sources_name_file_and_line(tmp_path, source, error, message):
+    (tmp_path / "bad.jsonl").write_text('{"text": "HELLO"}\n{"txt": "WORLD"}\n')
+    (tmp_path / "broken.jsonl").write_text("HELLO\n")
+    with pytest.raises(error, match=message):
+        read_texts(tmp_path / source)
 
 
 def test_load_tokenizer_from_missing_folder_says_how_to_make_one(tmp_path):

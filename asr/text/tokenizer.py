@@ -18,11 +18,11 @@ import base64
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from asr.fileio import write_atomic
 
 BLANK_ID = 0
 TOKENIZER_FILE = "tokenizer.json"
@@ -229,22 +229,27 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int = 128,
 
 
 def read_texts(source: str | Path) -> list[str]:
-    """Transcripts of a manifest (``.jsonl`` with ``text`` fields) or a shard split folder."""
+    """Transcripts of a text source, in its order, for :func:`build_tokenizer`.
+
+    A source is a shard split folder (its ``index.npz``), a manifest (``.jsonl`` lines with a
+    ``text`` field) or Kaldi text (any other file: ``<utterance id> <TRANSCRIPT>`` a line).
+    Errors name the file and line.
+    """
     source = Path(source)
     if source.is_dir():
         from asr.data.shards import load_index
 
-        index = load_index(source)
-        return [index.text(i) for i in range(len(index))]
+        return load_index(source).texts
     if not source.is_file():
-        raise FileNotFoundError(f"tokenizer text source not found: {source}")
-    if source.suffix != ".jsonl":
-        raise ValueError(f"tokenizer text source {source}: expected a manifest .jsonl or a shard "
-                         "split folder holding index.npz")
+        raise FileNotFoundError(f"tokenizer text source not found: {source} (expected a manifest "
+                                ".jsonl, Kaldi text or a shard split folder holding index.npz)")
     texts = []
     with source.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
+                continue
+            if source.suffix != ".jsonl":  # Kaldi text: the id, then the transcript
+                texts.append(line.strip().partition(" ")[2].strip())
                 continue
             try:
                 record = json.loads(line)
@@ -265,25 +270,14 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
     return kinds[kind].from_dict(d)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_tokenizer(tok: Tokenizer, out_dir: str | Path) -> Path:
     """Write ``<out_dir>/tokenizer.json`` atomically (plus the raw sentencepiece model)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(tok, SentencePieceTokenizer):
-        _write_atomic(out_dir / SENTENCEPIECE_FILE, tok.model_bytes)
+        write_atomic(out_dir / SENTENCEPIECE_FILE, tok.model_bytes)
     path = out_dir / TOKENIZER_FILE
-    _write_atomic(path, (json.dumps(tok.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    write_atomic(path, (json.dumps(tok.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     return path
 
 
@@ -302,26 +296,26 @@ def load_tokenizer(out_dir: str | Path) -> Tokenizer:
         raise ValueError(f"{path}: {err}") from None
 
 
-def build_tokenizer(kind: str, out_dir: str | Path, text_source: str | Path | None = None,
+def build_tokenizer(kind: str, out_dir: str | Path, *, texts: Iterable[str] | None = None,
                     vocab_size: int = 128, model_type: str = "unigram") -> Tokenizer:
-    """Build (letters) or train (sentencepiece) a tokenizer and save it in ``out_dir``.
+    """Build (letters) or train (sentencepiece) a tokenizer on ``texts`` and save it in ``out_dir``.
 
-    For letters, a given ``text_source`` is checked for characters outside the alphabet, so a
-    bad transcript fails here rather than mid-training.
+    ``texts`` are normalized transcripts (see :func:`read_texts` for files and shard folders).
+    For letters, given texts are checked for characters outside the alphabet, so a bad
+    transcript fails here rather than mid-training; sentencepiece needs them to train.
     """
     if kind == "letters":
         tok: Tokenizer = LetterTokenizer()
-        if text_source is not None:
-            for line_no, text in enumerate(read_texts(text_source), 1):
-                try:
-                    tok.encode(text)
-                except ValueError as err:
-                    raise ValueError(f"{text_source}: utterance {line_no}: {err}") from None
+        for number, text in enumerate(texts or (), 1):
+            try:
+                tok.encode(text)
+            except ValueError as err:
+                raise ValueError(f"tokenizer training text, utterance {number}: {err}") from None
     elif kind == "sentencepiece":
-        if text_source is None:
-            raise ValueError("sentencepiece tokenizer: a text source is needed "
-                             "(--text-from a manifest .jsonl or a shard split folder)")
-        tok = train_sentencepiece(read_texts(text_source), vocab_size=vocab_size, model_type=model_type)
+        if texts is None:
+            raise ValueError("sentencepiece tokenizer: training texts are needed "
+                             "(--text-from a manifest .jsonl, Kaldi text or a shard split folder)")
+        tok = train_sentencepiece(texts, vocab_size=vocab_size, model_type=model_type)
     else:
         raise ValueError(f"tokenizer kind: got {kind!r}, allowed values are letters, sentencepiece")
     save_tokenizer(tok, out_dir)

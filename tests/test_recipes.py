@@ -21,12 +21,15 @@ import soundfile as sf
 from asr.cli import main
 from asr.config import load_config
 from asr.data.manifest import combine_manifests, prepare_corpus, read_manifest
+from asr.sweep import Launch, launch_for, parse_kappas, plan_sweep
+from asr.sweep import main as sweep_main
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH_MINI = REPO.parent / "shared" / "librispeech-mini"
 LIBRISPEECH = "recipes/librispeech/run.sh"
 EMA_SCALING = "recipes/ema_scaling/run.sh"
-RECIPES = [LIBRISPEECH, EMA_SCALING]
+SYNTH = "recipes/synth/run.sh"
+RECIPES = [LIBRISPEECH, EMA_SCALING, SYNTH]
 
 STEP_SECONDS = 15.0  # padded audio of one optimizer step at kappa = 1
 
@@ -76,8 +79,8 @@ def _table(markdown: str) -> dict[str, list[str]]:
 # The scripts themselves
 
 
-@pytest.mark.parametrize("script", [*RECIPES, "recipes/synth/run.sh", "recipes/setup.sh",
-                                    "recipes/shared/env.sh", ".ci/run"])
+@pytest.mark.parametrize("script", [*RECIPES, "recipes/setup.sh", "recipes/shared/env.sh",
+                                    "recipes/shared/parse_options.sh", ".ci/run"])
 def test_recipe_is_valid_bash_and_passes_shellcheck(script):
     assert subprocess.run(["bash", "-n", script], cwd=REPO).returncode == 0
     if shutil.which("shellcheck") is None:
@@ -91,6 +94,8 @@ def test_recipe_is_valid_bash_and_passes_shellcheck(script):
                    "5 evaluate", "6 the WER table"]),
     (EMA_SCALING, ["0 synthesize", "1 manifests", "2 shards", "3 tokenizer", "4 supervised warm start",
                    "5 pseudo-labeled continuation", "6 evaluate", "7 curves", "8 the table"]),
+    (SYNTH, ["0 synthesize", "1 scan it into manifests", "2 write tar shards", "3 build the tokenizer",
+             "4 supervised warm start", "5 supervised-only", "6 pseudo-labeled", "7 evaluate", "8 the WER table"]),
 ])
 def test_help_lists_every_stage_and_option(script, stages):
     result = _ok(_recipe(script, "--help"))
@@ -104,6 +109,10 @@ def test_help_lists_every_stage_and_option(script, stages):
     (EMA_SCALING, ["--size", "huge"], "--size: expected tiny, demo or gpu"),
     (EMA_SCALING, ["--kappas", "1 0.5"], "--kappas: expected positive integers, got '0.5'"),
     (EMA_SCALING, ["--stage", "4", "--kappas", "3", "--nproc", "2"], "kappa 3: 3 reference processes"),
+    (EMA_SCALING, ["--kappas"], "--kappas: expected a value"),
+    (EMA_SCALING, ["not-an-override"], "unknown option: not-an-override"),
+    (SYNTH, ["--size", "huge"], "--size: expected tiny, demo or gpu"),
+    (SYNTH, ["optim.lr=1"], "unknown option: optim.lr=1"),  # the demo takes no overrides
 ])
 def test_bad_options_stop_before_any_work(tmp_path, script, args, message):
     result = _recipe(script, "--exp", str(tmp_path / "exp"), *args)
@@ -127,7 +136,7 @@ def test_download_refuses_an_archive_with_the_wrong_md5(tmp_path):
     assert result.returncode == 1
     assert f"{corpus}/dev-clean.tar.gz: md5 mismatch (expected 42e2234ba48799c1f50f24a7926300a1)" in result.stderr
     assert sorted(p.name for p in corpus.iterdir()) == []  # the bad archive is gone, nothing unpacked
-    assert not (tmp_path / "exp" / ".done.0").exists()
+    assert not (tmp_path / "exp" / "data" / ".corpus.done").exists()
 
 
 @pytest.mark.slow
@@ -141,7 +150,9 @@ def test_librispeech_recipe_runs_every_stage_on_librispeech_mini(tmp_path):
             "--dev-splits", "dev-clean", "--test-splits", "test-clean test-other", *TOY]
     result = _ok(_recipe(LIBRISPEECH, *args))
     assert "dev-clean: present" in result.stdout and not (exp / "corpus").exists()  # stage 0: nothing to fetch
-    assert sorted(p.name for p in exp.glob(".done.*")) == [f".done.{n}" for n in range(7)]
+    markers = ["data/.corpus.done", "data/.manifests.done", "data/.shards.done", "data/.tokenizer.done",
+               "train/.done", "eval/.done", ".results.done"]
+    assert sorted(str(p.relative_to(exp)) for p in exp.rglob("*.done")) == sorted(markers)
 
     pool = read_manifest(exp / "data" / "manifests" / "pool.jsonl")
     assert len(pool) == 5 + 101 and [e["id"] for e in pool] == sorted(e["id"] for e in pool)
@@ -164,6 +175,47 @@ def test_librispeech_recipe_runs_every_stage_on_librispeech_mini(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # recipes/ema_scaling
+
+
+def _plan(kappas: list[int], **kw) -> list[tuple]:
+    return [(r.name, r.launch.processes, r.launch.accum_steps, r.init_from, r.label)
+            for r in plan_sweep(kappas, **kw)]
+
+
+def test_sweep_reaches_each_kappa_with_processes_then_accumulation():
+    assert [launch_for(k, base_nproc=1, max_nproc=8) for k in (1, 2, 8, 16)] == [
+        Launch(1, 1), Launch(2, 1), Launch(8, 1), Launch(8, 2)]
+    assert launch_for(2, base_nproc=8, max_nproc=8) == Launch(8, 2)  # the paper's 8-GPU reference
+    with pytest.raises(ValueError, match="kappa 3: 3 reference processes' batch is not a multiple of --nproc 2"):
+        launch_for(3, base_nproc=1, max_nproc=2)
+
+
+def test_sweep_runs_one_reference_and_both_rules_elsewhere():
+    assert _plan([1, 2], max_nproc=1) == [
+        ("kappa1-warm", 1, 1, "-", "kappa 1, warm start"),
+        ("kappa2-warm", 1, 2, "-", "kappa 2, warm start"),
+        ("kappa1-power", 1, 1, "kappa1-warm", "kappa 1, reference"),
+        ("kappa2-power", 1, 2, "kappa2-warm", "kappa 2, rho^kappa"),
+        ("kappa2-none", 1, 2, "kappa2-warm", "kappa 2, rho unscaled"),
+    ]
+    shared = _plan([2, 4], max_nproc=4, shared_warm_start=True)
+    assert [row[0] for row in shared] == ["kappa2-warm", "kappa2-power", "kappa2-none", "kappa4-power", "kappa4-none"]
+    assert {row[3] for row in shared[1:]} == {"kappa2-warm"}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1 0.5", "got '0.5'"), ("0", "got '0'"), ("", "got none"), ("1 -2", "got '-2'"),
+])
+def test_sweep_refuses_kappas_that_are_not_positive_integers(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_kappas(text)
+
+
+def test_sweep_module_prints_a_tab_separated_plan(capsys):
+    assert sweep_main(["--kappas", "1 2", "--nproc", "2"]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert rows[-1] == ["pl", "kappa2-none", "2", "none", "2", "1", "kappa2-warm", "kappa 2, rho unscaled"]
+    assert sweep_main(["--kappas", "3", "--nproc", "2"]) == 2
 
 
 def test_ema_scaling_on_prepared_data_skips_the_synthetic_data_stages(tmp_path):

@@ -17,17 +17,18 @@
 # accumulation steps, so kappa = 1 is B processes without accumulation: the config's
 # scaling.reference_seconds must equal B x data.max_batch_seconds (true of the shipped configs
 # for B = 1, and of librispeech_paper.yaml for B = 8). Each run prints its kappa at start.
+# The plan of runs comes from `python -m asr.sweep` (asr/sweep.py), which checks it first.
 #
-# Stages (each leaves a .done marker under the experiment folder; delete it to redo a stage):
-#   0 synthesize the corpus                               asr synth
-#   1 manifests                                           asr prepare
-#   2 shards                                              asr shard
-#   3 tokenizer                                           asr tokenizer
-#   4 supervised warm start per kappa (or one shared)     asr train (stops at the pseudo-label start)
-#   5 pseudo-labeled continuation per kappa and EMA rule  asr train train.init_from=<warm start>
-#   6 evaluate every student and teacher                  asr eval
-#   7 curves of all runs against audio seen               asr plot
-#   8 the table of final dev WERs                         asr results
+# Stages; each run or step is skipped while the .done marker of what it makes exists:
+#   0 synthesize the corpus                               recipes/synth/run.sh stage 0
+#   1 manifests                                           recipes/synth/run.sh stage 1
+#   2 shards                                              recipes/synth/run.sh stage 2
+#   3 tokenizer                                           recipes/synth/run.sh stage 3
+#   4 supervised warm start per kappa (or one shared)     asr train, to the PL start   runs/kappaK-warm/.done
+#   5 pseudo-labeled continuation per kappa and EMA rule  asr train, from a warm start runs/kappaK-RULE/.done
+#   6 evaluate every student and teacher                  asr eval                     eval/NAME/.done
+#   7 curves of all runs against audio seen               asr plot                     .plot.done
+#   8 the table of final dev WERs                         asr results                  .results.done
 #
 # The supervised phase has no teacher (ema.start=pl_start), so it is the same for both rules and
 # runs once per kappa. At kappa = 1 the rules coincide: one run, the reference.
@@ -46,34 +47,13 @@ data=""                         # prepared shards/ + tokenizer/: skips stages 0-
 kappas="1 2 4"
 nproc=1                         # most processes (GPUs) a run may use
 base_nproc=1                    # processes of the kappa = 1 reference
-shared_warm=false               # --shared-warm-start: one warm start, at the first kappa
+shared_warm_start=false         # one warm start, at the first kappa
 seed=0
 overrides=()                    # key=value for every asr train
-
-usage() {
-  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"   # the comment block above
-  echo "options: --stage N --stop-stage N --size tiny|demo|gpu --hours-scale X --config FILE --exp DIR --data DIR"
-  echo "         --kappas 'K ...' --nproc N --base-nproc B --shared-warm-start --seed N [key=value ...]"
-}
-while (($#)); do
-  case "$1" in
-    --stage) stage="$2"; shift 2 ;;
-    --stop-stage) stop_stage="$2"; shift 2 ;;
-    --size) size="$2"; shift 2 ;;
-    --hours-scale) hours_scale="$2"; shift 2 ;;
-    --config) config="$2"; shift 2 ;;
-    --exp) exp="$2"; shift 2 ;;
-    --data) data="$2"; shift 2 ;;
-    --kappas) kappas="$2"; shift 2 ;;
-    --nproc) nproc="$2"; shift 2 ;;
-    --base-nproc) base_nproc="$2"; shift 2 ;;
-    --shared-warm-start) shared_warm=true; shift ;;
-    --seed) seed="$2"; shift 2 ;;
-    -h|--help) usage; exit 0 ;;
-    *=*) overrides+=("$1"); shift ;;
-    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
-  esac
-done
+help_options="--stage N --stop-stage N --size tiny|demo|gpu --hours-scale X --config FILE --exp DIR --data DIR
+         --kappas 'K ...' --nproc N --base-nproc B --shared-warm-start --seed N [key=value ...]"
+# shellcheck source=recipes/shared/parse_options.sh
+source "$(dirname "$0")/../shared/parse_options.sh"
 
 case "$size" in
   tiny|demo) config="${config:-configs/synth_tiny.yaml}" ;;
@@ -81,123 +61,77 @@ case "$size" in
   *) echo "--size: expected tiny, demo or gpu, got '$size'" >&2; exit 2 ;;
 esac
 
-# shellcheck source=recipes/shared/env.sh
-source "$(dirname "$0")/../shared/env.sh"
-log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[0]##*/}:${BASH_LINENO[0]}) $*"; }
-run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ] && [ ! -f "$exp/.done.$1" ]; }
-done_stage() { touch "$exp/.done.$1"; }
+# The sweep, checked before any work: one tab-separated run a line (see asr/sweep.py).
+sweep_args=(--kappas "$kappas" --nproc "$nproc" --base-nproc "$base_nproc")
+if [ "$shared_warm_start" = true ]; then sweep_args+=(--shared-warm-start); fi
+plan=$(python -m asr.sweep "${sweep_args[@]}")
+# Read into arrays before any run: a command in a loop must not read the plan from stdin.
+mapfile -t warm_runs < <(awk -F'\t' '$1 == "warm"' <<< "$plan")
+mapfile -t pl_runs < <(awk -F'\t' '$1 == "pl"' <<< "$plan")
 
-# The launcher and accumulation of kappa $1: sets `asr_train` and `accum`.
-launcher() {
-  local units=$(($1 * base_nproc)) procs
-  procs=$((units < nproc ? units : nproc))
-  if ((units % procs)); then
-    echo "kappa $1: $units reference processes' batch is not a multiple of --nproc $nproc" >&2; exit 2
-  fi
-  accum=$((units / procs))
-  if [ "$procs" -gt 1 ]; then asr_train=(torchrun --standalone --nproc-per-node "$procs" -m asr train)
-  else asr_train=(python -m asr train); fi
-}
-
-# The sweep: "kappa rule" pairs, the plot's legend names and the eval folders, in one order.
-read -ra kappas <<< "$kappas"
-sweep=()
-for kappa in "${kappas[@]}"; do
-  if ! [[ "$kappa" =~ ^[1-9][0-9]*$ ]]; then echo "--kappas: expected positive integers, got '$kappa'" >&2; exit 2; fi
-  if [ "$kappa" -eq 1 ]; then sweep+=("1 power"); else sweep+=("$kappa power" "$kappa none"); fi
-done
-warm_kappas=("${kappas[@]}")
-if [ "$shared_warm" = true ]; then warm_kappas=("${kappas[0]}"); fi
-warm_of() { if [ "$shared_warm" = true ]; then echo "${kappas[0]}"; else echo "$1"; fi; }  # kappa -> its warm start's
-label() {  # kappa rule -> legend name
-  if [ "$1" -eq 1 ]; then echo "kappa 1, reference"
-  elif [ "$2" = power ]; then echo "kappa $1, rho^kappa"
-  else echo "kappa $1, rho unscaled"; fi
-}
-
-if [ -n "$data" ] && [ "$stage" -lt 4 ]; then stage=4; fi   # never synthesize into prepared data
-data="${data:-$exp/data}"
 runs="$exp/runs"
 mkdir -p "$exp"
+if [ -z "$data" ]; then
+  data="$exp/data"
+  if [ "$stage" -le 3 ]; then  # the synthetic recipe's data stages, into $exp/data
+    recipes=$(dirname "$0")/..
+    bash "$recipes/synth/run.sh" --exp "$exp" --stage "$stage" --stop-stage "$((stop_stage < 3 ? stop_stage : 3))" \
+      --size "$size" --hours-scale "$hours_scale" --seed "$seed"
+  fi
+fi
 common=(--config "$config" "data.shards_dir=$data/shards" "tokenizer.path=$data/tokenizer" "train.seed=$seed")
 
-if run_stage 0; then
-  log "Stage 0: synthesize the $size corpus"
-  python -m asr synth --out "$data/corpus" --size "$size" --hours-scale "$hours_scale" --seed "$seed" --overwrite
-  done_stage 0
-fi
+for row in "${warm_runs[@]}"; do
+  IFS=$'\t' read -r _ name kappa _ procs accum _ _ <<< "$row"
+  run_stage 4 "$runs/$name/.done" || continue
+  set_launcher "$procs"
+  log "Stage 4: supervised warm start at kappa $kappa (accumulation $accum)"
+  # shellcheck disable=SC2016  # ${pl.start_hours} is an OmegaConf interpolation, for asr train
+  "${asr_train[@]}" "${common[@]}" "train.exp_dir=$runs/$name" "train.accum_steps=$accum" \
+    pl.enabled=false 'train.stop_hours=${pl.start_hours}' "${overrides[@]}"
+  mark_done "$runs/$name/.done"
+done
 
-if run_stage 1; then
-  log "Stage 1: manifests"
-  python -m asr prepare --corpus "$data/corpus" --out "$data"
-  done_stage 1
-fi
+for row in "${pl_runs[@]}"; do
+  IFS=$'\t' read -r _ name kappa rule procs accum init _ <<< "$row"
+  run_stage 5 "$runs/$name/.done" || continue
+  set_launcher "$procs"
+  log "Stage 5: pseudo-labels at kappa $kappa, EMA rule $rule"
+  "${asr_train[@]}" "${common[@]}" "train.exp_dir=$runs/$name" "train.accum_steps=$accum" \
+    pl.enabled=true "scaling.ema_rule=$rule" "train.init_from=$runs/$init" "${overrides[@]}"
+  mark_done "$runs/$name/.done"
+done
 
-if run_stage 2; then
-  log "Stage 2: shards"
-  python -m asr shard --manifests "$data/manifests" --out "$data/shards"
-  done_stage 2
-fi
-
-if run_stage 3; then
-  log "Stage 3: tokenizer"
-  python -m asr tokenizer --out "$data/tokenizer" --kind letters --text-from "$data/manifests/train-clean.jsonl"
-  done_stage 3
-fi
-
-if run_stage 4; then
-  for kappa in "${warm_kappas[@]}"; do
-    launcher "$kappa"
-    log "Stage 4: supervised warm start at kappa $kappa (accumulation $accum)"
-    # shellcheck disable=SC2016  # ${pl.start_hours} is an OmegaConf interpolation, for asr train
-    "${asr_train[@]}" "${common[@]}" "train.exp_dir=$runs/kappa$kappa-warm" "train.accum_steps=$accum" \
-      pl.enabled=false 'train.stop_hours=${pl.start_hours}' "${overrides[@]}"
+for row in "${pl_runs[@]}"; do
+  IFS=$'\t' read -r _ name kappa rule _ _ _ label <<< "$row"
+  for weights in student teacher; do
+    run_stage 6 "$exp/eval/$name-$weights/.done" || continue
+    log "Stage 6: evaluate the $weights of kappa $kappa, EMA rule $rule"
+    python -m asr eval --checkpoint "$runs/$name" --data "$data/shards" --weights "$weights" \
+      --out "$exp/eval/$name-$weights" --name "$label ($weights)"
+    mark_done "$exp/eval/$name-$weights/.done"
   done
-  done_stage 4
-fi
+done
 
-if run_stage 5; then
-  for run in "${sweep[@]}"; do
-    read -r kappa rule <<< "$run"
-    launcher "$kappa"
-    log "Stage 5: pseudo-labels at kappa $kappa, EMA rule $rule"
-    "${asr_train[@]}" "${common[@]}" "train.exp_dir=$runs/kappa$kappa-$rule" "train.accum_steps=$accum" \
-      pl.enabled=true "scaling.ema_rule=$rule" "train.init_from=$runs/kappa$(warm_of "$kappa")-warm" "${overrides[@]}"
-  done
-  done_stage 5
-fi
-
-if run_stage 6; then
-  for run in "${sweep[@]}"; do
-    read -r kappa rule <<< "$run"
-    for weights in student teacher; do
-      log "Stage 6: evaluate the $weights of kappa $kappa, EMA rule $rule"
-      python -m asr eval --checkpoint "$runs/kappa$kappa-$rule" --data "$data/shards" --weights "$weights" \
-        --out "$exp/eval/kappa$kappa-$rule-$weights" --name "$(label "$kappa" "$rule") ($weights)"
-    done
-  done
-  done_stage 6
-fi
-
-if run_stage 7; then
+if run_stage 7 "$exp/.plot.done"; then
   log "Stage 7: curves"
   curves=()
-  for run in "${sweep[@]}"; do
-    read -r kappa rule <<< "$run"
-    curves+=("$(label "$kappa" "$rule")=$runs/kappa$(warm_of "$kappa")-warm,$runs/kappa$kappa-$rule")
+  for row in "${pl_runs[@]}"; do
+    IFS=$'\t' read -r _ name _ _ _ _ init label <<< "$row"
+    curves+=("$label=$runs/$init,$runs/$name")
   done
   python -m asr plot --runs "${curves[@]}" --out "$exp/ema_scaling.png" \
-    --title "EMA Scaling Rule: $(basename "$config" .yaml), kappa ${kappas[*]}"
-  done_stage 7
+    --title "EMA Scaling Rule: $(basename "$config" .yaml), kappa $kappas"
+  mark_done "$exp/.plot.done"
 fi
 
-if run_stage 8; then
+if run_stage 8 "$exp/.results.done"; then
   log "Stage 8: final dev WERs"
   evals=()
-  for run in "${sweep[@]}"; do
-    read -r kappa rule <<< "$run"
-    evals+=("$exp/eval/kappa$kappa-$rule-student" "$exp/eval/kappa$kappa-$rule-teacher")
+  for row in "${pl_runs[@]}"; do
+    IFS=$'\t' read -r _ name _ _ _ _ _ _ <<< "$row"
+    evals+=("$exp/eval/$name-student" "$exp/eval/$name-teacher")
   done
   python -m asr results "${evals[@]}" --out "$exp/RESULTS.md"
-  done_stage 8
+  mark_done "$exp/.results.done"
 fi

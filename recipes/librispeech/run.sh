@@ -9,7 +9,7 @@
 #     --rdzv-endpoint head-node:29500                            # one of 4 nodes (torchrun rendezvous)
 #   recipes/librispeech/run.sh --stage 4 train.max_minutes=60    # key=value overrides go to asr train
 #
-# Stages (each leaves a .done marker under the experiment folder; delete it to redo a stage):
+# Stages; each is skipped while the .done marker of what it makes exists (delete it to redo):
 #   0 download the missing parts (openslr.org resource 12, md5-checked, resumable)   curl, tar
 #   1 manifests, and the unlabeled parts combined into one split     asr prepare --combine
 #   2 tar shards + indexes of the splits used                        asr shard
@@ -17,6 +17,8 @@
 #   4 train: supervised, then pseudo-labels from the EMA teacher     asr train (torchrun)
 #   5 evaluate the student and the teacher on dev and test           asr eval
 #   6 the WER table                                                  asr results
+# Markers: $exp/data/.corpus.done, .manifests.done, .shards.done, .tokenizer.done (stages 0-3),
+# $exp/train/.done, $exp/eval/.done, $exp/.results.done.
 #
 # kappa = GPUs x accumulation x data.max_batch_seconds / scaling.reference_seconds: the config's
 # base hyper-parameters hold at kappa = 1 and the scaling rules adapt them to the GPU count.
@@ -41,43 +43,12 @@ rdzv_endpoint=""                # HOST:PORT of the rendezvous, e.g. the first no
 rdzv_id=asr-librispeech
 overrides=()                    # key=value for asr train
 
-usage() {
-  sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"   # the comment block above
-  echo "options: --stage N --stop-stage N --config FILE --exp DIR --corpus DIR --mirror URL --parts 'P ...'"
-  echo "         --combine 'NAME=A+B ...' --train-split S --unlabeled-split S --dev-splits 'S ...'"
-  echo "         --test-splits 'S ...' --nproc N --nnodes N --node-rank N --rdzv-endpoint HOST:PORT"
-  echo "         --rdzv-id ID [key=value ...]"
-}
-while (($#)); do
-  case "$1" in
-    --stage) stage="$2"; shift 2 ;;
-    --stop-stage) stop_stage="$2"; shift 2 ;;
-    --config) config="$2"; shift 2 ;;
-    --exp) exp="$2"; shift 2 ;;
-    --corpus) corpus="$2"; shift 2 ;;
-    --mirror) mirror="$2"; shift 2 ;;
-    --parts) parts="$2"; shift 2 ;;
-    --combine) combine="$2"; shift 2 ;;
-    --train-split) train_split="$2"; shift 2 ;;
-    --unlabeled-split) unlabeled_split="$2"; shift 2 ;;
-    --dev-splits) dev_splits="$2"; shift 2 ;;
-    --test-splits) test_splits="$2"; shift 2 ;;
-    --nproc) nproc="$2"; shift 2 ;;
-    --nnodes) nnodes="$2"; shift 2 ;;
-    --node-rank) node_rank="$2"; shift 2 ;;
-    --rdzv-endpoint) rdzv_endpoint="$2"; shift 2 ;;
-    --rdzv-id) rdzv_id="$2"; shift 2 ;;
-    -h|--help) usage; exit 0 ;;
-    *=*) overrides+=("$1"); shift ;;
-    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
-  esac
-done
-
-# shellcheck source=recipes/shared/env.sh
-source "$(dirname "$0")/../shared/env.sh"
-log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (${BASH_SOURCE[0]##*/}:${BASH_LINENO[0]}) $*"; }
-run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ] && [ ! -f "$exp/.done.$1" ]; }
-done_stage() { touch "$exp/.done.$1"; }
+help_options="--stage N --stop-stage N --config FILE --exp DIR --corpus DIR --mirror URL --parts 'P ...'
+         --combine 'NAME=A+B ...' --train-split S --unlabeled-split S --dev-splits 'S ...'
+         --test-splits 'S ...' --nproc N --nnodes N --node-rank N --rdzv-endpoint HOST:PORT
+         --rdzv-id ID [key=value ...]"
+# shellcheck source=recipes/shared/parse_options.sh
+source "$(dirname "$0")/../shared/parse_options.sh"
 
 read -ra parts <<< "$parts"
 read -ra combine <<< "$combine"
@@ -87,15 +58,10 @@ corpus="${corpus:-$exp/corpus}"
 data="$exp/data"
 mkdir -p "$exp"
 
-if [ "$nnodes" -gt 1 ]; then
-  if [ -z "$rdzv_endpoint" ]; then echo "--nnodes $nnodes needs --rdzv-endpoint HOST:PORT" >&2; exit 2; fi
-  asr_train=(torchrun --nnodes "$nnodes" --node-rank "$node_rank" --nproc-per-node "$nproc"
-             --rdzv-backend c10d --rdzv-endpoint "$rdzv_endpoint" --rdzv-id "$rdzv_id" -m asr train)
-elif [ "$nproc" -gt 1 ]; then
-  asr_train=(torchrun --standalone --nproc-per-node "$nproc" -m asr train)
-else
-  asr_train=(python -m asr train)
+if [ "$nnodes" -gt 1 ] && [ -z "$rdzv_endpoint" ]; then
+  echo "--nnodes $nnodes needs --rdzv-endpoint HOST:PORT" >&2; exit 2
 fi
+set_launcher "$nproc" "$nnodes" "$node_rank" "$rdzv_endpoint" "$rdzv_id"
 
 # md5 sums published beside the archives (resources/12/md5sum.txt)
 declare -A md5=(
@@ -133,51 +99,51 @@ fetch_part() {
   rm -rf "$scratch" "$archive"
 }
 
-if run_stage 0; then
+if run_stage 0 "$data/.corpus.done"; then
   log "Stage 0: LibriSpeech parts in $corpus"
   mkdir -p "$corpus"
   for part in "${parts[@]}"; do fetch_part "$part"; done
-  done_stage 0
+  mark_done "$data/.corpus.done"
 fi
 
-if run_stage 1; then
+if run_stage 1 "$data/.manifests.done"; then
   log "Stage 1: manifests (+ ${combine[*]:-no combined split})"
   python -m asr prepare --corpus "$corpus" --out "$data" --splits "${parts[@]}" --combine "${combine[@]}"
-  done_stage 1
+  mark_done "$data/.manifests.done"
 fi
 
-if run_stage 2; then
+if run_stage 2 "$data/.shards.done"; then
   log "Stage 2: shards"
   python -m asr shard --manifests "$data/manifests" --out "$data/shards" \
     --splits "$train_split" "$unlabeled_split" "${dev_splits[@]}" "${test_splits[@]}"
-  done_stage 2
+  mark_done "$data/.shards.done"
 fi
 
-if run_stage 3; then
+if run_stage 3 "$data/.tokenizer.done"; then
   log "Stage 3: tokenizer"
   python -m asr tokenizer --out "$data/tokenizer" --kind letters --text-from "$data/manifests/$train_split.jsonl"
-  done_stage 3
+  mark_done "$data/.tokenizer.done"
 fi
 
-if run_stage 4; then
+if run_stage 4 "$exp/train/.done"; then
   log "Stage 4: train on $nnodes node(s) x $nproc process(es)"
   "${asr_train[@]}" --config "$config" "data.shards_dir=$data/shards" "tokenizer.path=$data/tokenizer" \
     "data.train_split=$train_split" "data.unlabeled_split=$unlabeled_split" \
     "data.dev_splits=[$(IFS=,; echo "${dev_splits[*]}")]" "train.exp_dir=$exp/train" "${overrides[@]}"
-  done_stage 4
+  mark_done "$exp/train/.done"
 fi
 
-if run_stage 5; then
+if run_stage 5 "$exp/eval/.done"; then
   log "Stage 5: evaluate"
   python -m asr eval --checkpoint "$exp/train" --data "$data/shards" --split "${dev_splits[@]}" "${test_splits[@]}" \
     --weights student --out "$exp/eval/student" --name "student"
   python -m asr eval --checkpoint "$exp/train" --data "$data/shards" --split "${dev_splits[@]}" "${test_splits[@]}" \
     --weights teacher --out "$exp/eval/teacher" --name "EMA teacher"
-  done_stage 5
+  mark_done "$exp/eval/.done"
 fi
 
-if run_stage 6; then
+if run_stage 6 "$exp/.results.done"; then
   log "Stage 6: results"
   python -m asr results "$exp/eval/student" "$exp/eval/teacher" --out "$exp/RESULTS.md"
-  done_stage 6
+  mark_done "$exp/.results.done"
 fi

@@ -123,16 +123,17 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="tokenizer folder")
     p.add_argument("--kind", choices=["letters", "sentencepiece"], default="letters",
                    help="letters (A-Z, apostrophe, word boundary) or a trained sentencepiece model")
-    p.add_argument("--text-from", type=Path, help="manifest (.jsonl) or shard index folder whose texts train sentencepiece")
+    p.add_argument("--text-from", type=Path, help="manifest (.jsonl), shard index folder or Kaldi text whose texts train sentencepiece")
     p.add_argument("--vocab-size", type=int, default=128, help="sentencepiece vocabulary, blank and <unk> included")
     p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece model type")
 
 
 def _run_tokenizer(args: argparse.Namespace) -> int:
-    from asr.text.tokenizer import build_tokenizer
+    from asr.text.tokenizer import build_tokenizer, read_texts
 
-    tok = build_tokenizer(args.kind, args.out, text_source=args.text_from,
-                          vocab_size=args.vocab_size, model_type=args.model_type)
+    texts = read_texts(args.text_from) if args.text_from is not None else None
+    tok = build_tokenizer(args.kind, args.out, texts=texts, vocab_size=args.vocab_size,
+                          model_type=args.model_type)
     print(f"tokenizer: {tok.identity()} -> {args.out}")
     return 0
 
@@ -237,7 +238,7 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        from asr.data.manifest import write_atomic
+        from asr.fileio import write_atomic
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(args.out, text)

@@ -34,7 +34,7 @@ from asr.decode import BeamDecoder, BeamOptions, greedy_decode
 from asr.model import build_model
 from asr.runtime import setup_runtime
 from asr.text.tokenizer import Tokenizer, tokenizer_from_dict
-from asr.wer import edit_counts_batch, format_rate, score_corpus
+from asr.wer import format_rate, score_corpus, word_errors
 
 # ----------------------------------------------------------------------------------------------
 # What to decode
@@ -159,14 +159,13 @@ def decode_set(model: torch.nn.Module, features: LogMelFeatures, eval_set: EvalS
 def dev_wer(model: torch.nn.Module, features: LogMelFeatures, index: SplitIndex, tokenizer: Tokenizer,
             device: torch.device, *, rank: int = 0, world_size: int = 1, batch_seconds: float = 200.0,
             autocast_dtype: torch.dtype | None = None) -> float:
-    """Greedy corpus WER (fraction) of a shard split; the same value on every rank."""
+    """Greedy corpus WER (fraction) of a shard split, scored as ``asr eval`` scores; the same
+    value on every rank."""
     eval_set = eval_set_from_index(index)
     hyps = decode_set(model, features, eval_set, tokenizer, device, rank=rank, world_size=world_size,
                       batch_seconds=batch_seconds, autocast_dtype=autocast_dtype, num_workers=0)
-    counts = edit_counts_batch([t.split() for t in eval_set.texts],
-                               [hyps[k].split() for k in eval_set.keys])
-    words = counts[:, 0].sum()
-    return float(counts[:, 1:].sum() / words) if words else float("nan")
+    errors, words = word_errors(eval_set.texts, [hyps[k] for k in eval_set.keys])
+    return errors / words if words else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------

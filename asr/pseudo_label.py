@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from asr.decode import ctc_keep_frames
-from asr.wer import edit_counts_batch
+from asr.wer import word_errors
 
 REASONS = ("kept", "empty", "too_short", "too_long", "low_confidence")
 """The fate of each label, in the order of ``PseudoLabels.reason_counts``."""
@@ -91,14 +91,9 @@ def make_pseudo_labels(teacher_log_probs: Tensor, teacher_lengths: Tensor,
 
 
 def pseudo_label_wer(hyp_texts: Sequence[str], truth_texts: Sequence[str]) -> tuple[int, int]:
-    """(word errors, reference words) of pseudo-labels against held-out transcripts.
-
-    Counts, not a rate, so the trainer can sum them over batches and ranks before dividing.
-    """
+    """(word errors, reference words) of pseudo-labels against held-out transcripts, scored as
+    ``asr eval`` scores (:func:`asr.wer.word_errors`). Counts, not a rate, so the trainer can sum
+    them over batches and ranks before dividing."""
     if len(hyp_texts) != len(truth_texts):
         raise ValueError(f"pseudo_label_wer: {len(hyp_texts)} hypotheses but {len(truth_texts)} truths")
-    if not hyp_texts:
-        return 0, 0
-    counts = edit_counts_batch([t.split() for t in truth_texts], [h.split() for h in hyp_texts])
-    words, subs, dels, ins = counts.sum(axis=0).tolist()
-    return subs + dels + ins, words
+    return word_errors(truth_texts, hyp_texts)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from asr.data.sampler import DataPosition
+from asr.scaling import Derived
 
 PAYLOAD_KEYS = ("student", "teacher", "optimizer", "train_state", "rng", "aug_generator", "config",
                 "tokenizer")
@@ -63,6 +64,33 @@ class TrainState:
         self.skipped_steps = int(state.pop("skipped_steps"))
         if state:
             raise ValueError(f"train state: unknown keys {sorted(state)}")
+
+
+def kappa_record(step: int, values: Derived) -> dict[str, Any]:
+    """A :attr:`TrainState.kappa_history` entry: the batch a run uses from optimizer step ``step``."""
+    return {"step": step, "kappa": values.kappa, "world_size": values.world_size,
+            "accum_steps": values.accum_steps, "lr": values.lr, "rho": values.rho}
+
+
+def same_scale(record: dict[str, Any], values: Derived) -> bool:
+    """Whether a kappa_history record describes the batch of ``values`` (kappa, ranks, accumulation)."""
+    return all(record[key] == value for key, value in kappa_record(record["step"], values).items())
+
+
+def training_payload(model: torch.nn.Module, teacher: Any, optimizer: torch.optim.Optimizer, state: TrainState,
+                     rngs: list[dict[str, Any]], aug_generators: list[torch.Tensor], config: Any,
+                     tokenizer: dict[str, Any]) -> dict[str, Any]:
+    """A training checkpoint's payload (:data:`PAYLOAD_KEYS`), plain types and tensors only."""
+    return {
+        "student": model.state_dict(),
+        "teacher": teacher.state_dict() if teacher is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "train_state": state.state_dict(),
+        "rng": rngs,
+        "aug_generator": aug_generators,
+        "config": config,
+        "tokenizer": tokenizer,
+    }
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -27,23 +27,31 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from asr.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from asr.config import DataConfig, TokenizerConfig, config_from_dict, to_yaml
+from asr.checkpoint import save_checkpoint
+from asr.config import config_from_dict, to_yaml
 from asr.data.features import LogMelFeatures
 from asr.data.loader import BatchLoader
 from asr.data.sampler import is_unlabeled_turn
-from asr.data.shards import SplitIndex, load_index
+from asr.data.shards import SplitIndex
 from asr.data.specaug import SpecAugment
 from asr.ema import EMATeacher
 from asr.evaluate import dev_wer
+from asr.experiment import check_compatible, checkpoint_to_continue, load_splits, prepare_tokenizer
 from asr.metrics import Meter, RunLog
 from asr.model import build_model
 from asr.optim import apply_values, build_optimizer, rescale_state
 from asr.runtime import Runtime, setup_runtime
 from asr.scaling import Derived, Schedule, SchedulePoint, scaling_report
-from asr.state import TrainState, check_payload, rng_state, set_rng_state
+from asr.state import (
+    TrainState,
+    kappa_record,
+    rng_state,
+    same_scale,
+    set_rng_state,
+    training_payload,
+)
 from asr.step import SkippedSteps, StepOptions, StepParts, train_step
-from asr.text.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, tokenizer_from_dict
+from asr.text.tokenizer import Tokenizer, tokenizer_from_dict
 
 
 @dataclass
@@ -122,47 +130,6 @@ def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Build and resume
-
-
-def load_splits(cfg: DictConfig) -> dict[str, SplitIndex]:
-    """The shard index of every split the run reads (training, unlabeled, dev), by name."""
-    shards = Path(cfg.data.shards_dir)
-    keys = {cfg.data.train_split: "data.train_split"}
-    if cfg.pl.enabled:
-        keys[cfg.data.unlabeled_split] = "data.unlabeled_split"
-    keys.update((name, "data.dev_splits") for name in cfg.data.dev_splits if name not in keys)
-    indices = {}
-    for name, key in keys.items():
-        try:
-            indices[name] = load_index(shards / name)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{key}: split '{name}' not found under data.shards_dir={shards}: "
-                                    f"{err}") from None
-    return indices
-
-
-def checkpoint_to_continue(cfg: DictConfig, exp_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """This run's own last checkpoint (``train.resume``), else ``train.init_from``'s, else none."""
-    last = exp_dir / "checkpoints" / "last.pt"
-    source = last if cfg.train.resume and last.exists() else None
-    if source is None and cfg.train.init_from:
-        source = resolve_checkpoint(cfg.train.init_from)
-    if source is None:
-        return None, None
-    payload = load_checkpoint(source)
-    check_payload(payload, str(source))
-    return payload, source
-
-
-def prepare_tokenizer(tok: TokenizerConfig, data: DataConfig, exp_dir: Path, rt: Runtime) -> Tokenizer:
-    """Load the experiment's tokenizer, building it first (rank 0) when it does not exist yet."""
-    path = Path(tok.path) if tok.path else exp_dir / "tokenizer"
-    if rt.is_main and not (path / "tokenizer.json").exists():
-        build_tokenizer(tok.kind, path, text_source=Path(data.shards_dir) / data.train_split,
-                        vocab_size=tok.vocab_size, model_type=tok.model_type)
-    if rt.world_size > 1:
-        dist.barrier()
-    return load_tokenizer(path)
 
 
 def build(cfg: DictConfig, rt: Runtime, tokenizer: Tokenizer, schedule: Schedule) -> StepParts:
@@ -364,16 +331,8 @@ def save(run: Run, is_best: bool = False) -> None:
         rngs, gens = all_rngs, all_gens
     if not rt.is_main:
         return
-    payload = {
-        "student": parts.model.state_dict(),
-        "teacher": parts.teacher.state_dict() if parts.teacher is not None else None,
-        "optimizer": parts.optimizer.state_dict(),
-        "train_state": state.state_dict(),
-        "rng": rngs,
-        "aug_generator": gens,
-        "config": OmegaConf.to_container(run.cfg, resolve=True),
-        "tokenizer": parts.tokenizer.to_dict(),
-    }
+    payload = training_payload(parts.model, parts.teacher, parts.optimizer, state, rngs, gens,
+                               OmegaConf.to_container(run.cfg, resolve=True), parts.tokenizer.to_dict())
     save_checkpoint(payload, run.exp_dir / "checkpoints", state.updates, keep_last=run.cfg.train.keep_last,
                     is_best=is_best)
 
@@ -416,28 +375,6 @@ def pl_dropout(cfg: DictConfig) -> tuple[float, float]:
     """Dropout and LayerDrop of the pseudo-label phase (the model's own where not set)."""
     return (cfg.model.dropout if cfg.pl.dropout is None else cfg.pl.dropout,
             cfg.model.layerdrop if cfg.pl.layerdrop is None else cfg.pl.layerdrop)
-
-
-def kappa_record(step: int, values: Derived) -> dict[str, Any]:
-    return {"step": step, "kappa": values.kappa, "world_size": values.world_size,
-            "accum_steps": values.accum_steps, "lr": values.lr, "rho": values.rho}
-
-
-def same_scale(record: dict[str, Any], values: Derived) -> bool:
-    """Whether a kappa_history record describes the batch of ``values`` (kappa, ranks, accumulation)."""
-    return all(record[key] == value for key, value in kappa_record(record["step"], values).items())
-
-
-def check_compatible(saved: DictConfig, cfg: DictConfig) -> None:
-    """Resuming needs the same model, tokenizer and features; everything else may change."""
-    for section in ("model", "tokenizer", "features"):
-        old = OmegaConf.to_container(saved[section])
-        new = OmegaConf.to_container(cfg[section])
-        diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new)
-                if old.get(k) != new.get(k) and k not in ("dropout", "layerdrop", "path", "pos_conv_impl")}
-        if diff:
-            raise ValueError(f"cannot resume: {section} differs from the checkpoint's config: "
-                             + ", ".join(f"{section}.{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items())))
 
 
 def format_seconds(seconds: float) -> str:

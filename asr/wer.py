@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,21 @@ def _speaker_order(speaker: str) -> tuple[int, int, str]:
 def librispeech_speaker(utt_id: str) -> str:
     """LibriSpeech ids are ``speaker-chapter-utterance``: the speaker is the first field."""
     return utt_id.partition("-")[0]
+
+
+def word_errors(refs: Sequence[str], hyps: Sequence[str], *, normalize: str = "librispeech") -> tuple[int, int]:
+    """(word errors S + D + I, reference words) of paired transcripts, normalized as
+    :func:`score_corpus` normalizes them: the one WER of training's dev evaluation, of the
+    pseudo-labels' quality and of ``asr eval``. Counts, not a rate, so sums over batches and
+    ranks stay exact."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"word_errors: {len(refs)} references but {len(hyps)} hypotheses")
+    if not refs:
+        return 0, 0
+    norm = get_normalizer(normalize)
+    counts = edit_counts_batch([norm(t).split() for t in refs], [norm(t).split() for t in hyps])
+    words, subs, dels, ins = (int(x) for x in counts.sum(axis=0))
+    return subs + dels + ins, words
 
 
 def score_corpus(refs: Mapping[str, str], hyps: Mapping[str, str], *,

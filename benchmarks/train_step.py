@@ -84,13 +84,18 @@ def step_flops(cfg, model, features, batch: Batch, blocks_run: int) -> float:
     return 3 * blocks_run * per_block
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def cuda_time(fn, repeats: int) -> float:
     """Mean seconds of ``fn()`` over ``repeats`` calls, after the GPU is idle."""
-    torch.cuda.synchronize()
+    synchronize()
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
-    torch.cuda.synchronize()
+    synchronize()
     return (time.perf_counter() - t0) / repeats
 
 
@@ -99,7 +104,7 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
     cfg = load_config(config, [*overrides, f"data.max_batch_seconds={seconds}",
                                f"data.max_duration={min(30.0, seconds)}", f"train.compile={compile_mode}",
                                f"scaling.reference_seconds={seconds}"])
-    rt = setup_runtime("cuda", "bf16")
+    rt = setup_runtime("auto", "auto")
     torch.manual_seed(0)
     parts = build(cfg, rt, LetterTokenizer(), Schedule(cfg, 1))
     if compile_mode != "none":
@@ -109,9 +114,16 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
         parts.teacher.module.compile_blocks()
     options = StepOptions(grad_clip=cfg.optim.grad_clip)
     meter, skipped = Meter(rt.device), SkippedSteps(rt.device)
-    batches = [b.pin_memory() for b in sampler_batches(seconds, 12)]
-    blocks_run = []
-    hook = [layer.register_forward_pre_hook(lambda *_: blocks_run.append(1)) for layer in parts.model.encoder.layers]
+    batches = [b.pin_memory() if rt.device.type == "cuda" else b for b in sampler_batches(seconds, 12)]
+    blocks_run: list[int] = []  # LayerDrop's decisions, recorded outside any compiled region
+    decide = parts.model.encoder._blocks_to_run
+
+    def recording_decide() -> list[bool]:
+        run = decide()
+        blocks_run.extend(1 for keep in run if keep)
+        return run
+
+    parts.model.encoder._blocks_to_run = recording_decide
 
     def step(i: int) -> None:
         parts.model.set_layerdrop_seed(i)
@@ -121,9 +133,10 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
     t0 = time.perf_counter()
     for i in range(warmup):
         step(i)
-    torch.cuda.synchronize()
+    synchronize()
     first_s = time.perf_counter() - t0
-    torch.cuda.reset_peak_memory_stats()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     blocks_run.clear()
     audio = padded = flops = 0.0
     blocks_before = 0
@@ -135,11 +148,10 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
         padded += batch.padded_seconds
         flops += step_flops(cfg, parts.model, parts.features, batch, len(blocks_run) - blocks_before)
         blocks_before = len(blocks_run)
-    torch.cuda.synchronize()
+    synchronize()
     elapsed = time.perf_counter() - t0
-    for h in hook:
-        h.remove()
-    peak_mem = torch.cuda.max_memory_allocated() / 2**30
+    parts.model.encoder._blocks_to_run = decide
+    peak_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else math.nan
 
     # the teacher's forward + greedy labels, as the pseudo-label step runs them
     def teacher_labels(batch: Batch) -> None:
@@ -148,7 +160,8 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
             feats, feat_lengths = parts.features(b.waves, b.lengths)
             with rt.autocast():
                 log_probs, lengths = parts.teacher(feats, feat_lengths)
-            make_pseudo_labels(log_probs, lengths, parts.model.output_lengths(feat_lengths), blank_id=0)
+            make_pseudo_labels(log_probs, lengths, parts.model.output_lengths(feat_lengths), blank_id=0,
+                               min_tokens=1, min_confidence=0.0)
 
     for b in batches[:3]:
         teacher_labels(b)

@@ -49,9 +49,8 @@ from asr.data.manifest import (
     SplitSummary,
     combine_manifests,
     format_summary,
-    parallel_map,
-    write_atomic,
 )
+from asr.fileio import CountProgress, parallel_map, write_atomic
 from asr.text.normalize import normalize_librispeech
 
 FORMATS = ("librispeech", "kaldi", "nemo", "lhotse")
@@ -397,7 +396,7 @@ def write_split(split: str, utts: Sequence[Utterance], out: str | Path, *, sampl
     audio_dir = (out / "audio" / split).absolute()
     audio_dir.mkdir(parents=True, exist_ok=True)
     jobs_list = [_Job(u, sample_rate, resample, str(audio_dir / f"{u.id}.flac")) for u, _ in kept]
-    results = parallel_map(_probe, jobs_list, jobs=jobs, label=f"prepare {split}")
+    results = parallel_map(_probe, jobs_list, jobs=jobs, progress=CountProgress(f"prepare {split}", len(jobs_list)))
 
     lines = []
     for (utt, text), (facts, reason, detail) in zip(kept, results, strict=True):

@@ -11,6 +11,13 @@ where the two coincide.
 tab-separated run a line, for ``recipes/ema_scaling/run.sh``::
 
     phase  name  kappa  rule  processes  accum_steps  init_from  label
+
+``--from-scratch`` plans the experiment of Busbridge et al. instead: every run trains from step
+0 (supervised, then pseudo-labeled, in one ``asr train``), for every seed, in three arms at each
+kappa > 1 (:data:`ARMS`); at kappa 1 the arms coincide in one reference run per seed. One line a
+run::
+
+    scratch  name  kappa  arm  processes  accum_steps  seed  label  overrides
 """
 
 from __future__ import annotations
@@ -92,6 +99,78 @@ def plan_sweep(kappas: Sequence[int], *, base_nproc: int = 1, max_nproc: int = 1
     return runs
 
 
+ARMS = {
+    "progressive": "rho^kappa + optimizer rule + progressive batch",
+    "rule": "rho^kappa + optimizer rule, full batch from step 0",
+    "rho-fixed": "rho fixed + optimizer rule + progressive batch",
+}
+"""The from-scratch arms: the full method, the method without the batch ramp, and the method
+with the teacher's momentum left unscaled (the ramp kept, so only the EMA rule differs)."""
+
+
+@dataclass(frozen=True)
+class ScratchRun:
+    """One ``asr train`` from step 0 of the from-scratch experiment."""
+
+    name: str
+    kappa: int
+    arm: str  # a key of ARMS, or "reference" at kappa 1
+    launch: Launch
+    seed: int
+    overrides: tuple[str, ...]  # key=value for asr train
+
+    @property
+    def label(self) -> str:
+        return "kappa 1, reference" if self.arm == "reference" else f"kappa {self.kappa}, {ARMS[self.arm]}"
+
+
+def progressive_ramp(launch: Launch, ramp_hours: float) -> list[tuple[float, int]]:
+    """The batch ramp of a run: (data hours, accumulation steps) stages, doubling every
+    ``ramp_hours`` from one micro-batch a process up to the run's accumulation. The ramp keeps
+    the early steps, where the optimizer's square-root rule does not hold (it needs a small lr
+    per step relative to the loss' curvature), at the reference batch, and reaches the full
+    kappa once the run is past its warm-up."""
+    if ramp_hours <= 0:
+        raise ValueError(f"--ramp-hours: expected positive hours, got {ramp_hours}")
+    stages, accum = [(0.0, 1)], 1
+    while accum < launch.accum_steps:
+        accum = min(2 * accum, launch.accum_steps)
+        stages.append((len(stages) * ramp_hours, accum))
+    return stages
+
+
+def plan_scratch(kappas: Sequence[int], seeds: Sequence[int], *, arms: Sequence[str] = tuple(ARMS),
+                 base_nproc: int = 1, max_nproc: int = 1, ramp_hours: float = 1.0) -> list[ScratchRun]:
+    """Every from-scratch run, seed by seed (so a cut-short sweep still has whole seeds)."""
+    unknown = [arm for arm in arms if arm not in ARMS]
+    if unknown:
+        raise ValueError(f"--arms: unknown {', '.join(unknown)}; expected some of {', '.join(ARMS)}")
+    launches = {k: launch_for(k, base_nproc=base_nproc, max_nproc=max_nproc) for k in kappas}
+    runs = []
+    for seed in seeds:
+        for k in dict.fromkeys(kappas):
+            for arm in ["reference"] if k == 1 else arms:
+                launch = launches[k]
+                overrides = [f"train.seed={seed}", f"data.seed={seed}",
+                             "scaling.ema_rule=" + ("none" if arm == "rho-fixed" else "power")]
+                if arm in ("progressive", "rho-fixed") and launch.accum_steps > 1:
+                    stages = ",".join(f'{{"hours":{h:g},"accum_steps":{a}}}'
+                                      for h, a in progressive_ramp(launch, ramp_hours))
+                    overrides.append(f"scaling.progressive=[{stages}]")
+                else:
+                    overrides.append(f"train.accum_steps={launch.accum_steps}")
+                runs.append(ScratchRun(f"kappa{k}-{arm}-seed{seed}", k, arm, launch, seed, tuple(overrides)))
+    return runs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0 1 2"`` -> [0, 1, 2]; anything but integers >= 0 is an error naming it."""
+    words = text.split()
+    if not words or not all(w.isascii() and w.isdigit() for w in words):
+        raise ValueError(f"--seeds: expected integers >= 0, got '{text}'")
+    return [int(w) for w in words]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the plan; a bad sweep is one line on stderr and exit status 2."""
     parser = argparse.ArgumentParser(prog="python -m asr.sweep", description=__doc__.splitlines()[0])
@@ -99,13 +178,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=1, help="most processes a run may use")
     parser.add_argument("--base-nproc", type=int, default=1, help="processes of the kappa = 1 reference")
     parser.add_argument("--shared-warm-start", action="store_true")
+    parser.add_argument("--from-scratch", action="store_true", help="every run from step 0, in arms and seeds")
+    parser.add_argument("--seeds", default="0", help="from scratch: e.g. '0 1 2'")
+    parser.add_argument("--arms", default=" ".join(ARMS), help=f"from scratch: some of {', '.join(ARMS)}")
+    parser.add_argument("--ramp-hours", type=float, default=1.0,
+                        help="from scratch: data hours between doublings of the progressive batch")
     args = parser.parse_args(argv)
     try:
-        runs = plan_sweep(parse_kappas(args.kappas), base_nproc=args.base_nproc,
-                          max_nproc=args.nproc, shared_warm_start=args.shared_warm_start)
+        if args.from_scratch:
+            scratch = plan_scratch(parse_kappas(args.kappas), parse_seeds(args.seeds), arms=args.arms.split(),
+                                   base_nproc=args.base_nproc, max_nproc=args.nproc, ramp_hours=args.ramp_hours)
+        else:
+            runs = plan_sweep(parse_kappas(args.kappas), base_nproc=args.base_nproc,
+                              max_nproc=args.nproc, shared_warm_start=args.shared_warm_start)
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
+    if args.from_scratch:
+        for r in scratch:
+            print("\t".join(map(str, ("scratch", r.name, r.kappa, r.arm, r.launch.processes,
+                                      r.launch.accum_steps, r.seed, r.label, " ".join(r.overrides)))))
+        return 0
     for r in runs:
         print("\t".join(map(str, (r.phase, r.name, r.kappa, r.rule, r.launch.processes,
                                   r.launch.accum_steps, r.init_from, r.label))))

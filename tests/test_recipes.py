@@ -21,8 +21,9 @@ import soundfile as sf
 from asr.cli import main
 from asr.config import load_config
 from asr.data.manifest import combine_manifests, prepare_corpus, read_manifest
-from asr.sweep import Launch, launch_for, parse_kappas, plan_sweep
+from asr.sweep import Launch, launch_for, parse_kappas, plan_scratch, plan_sweep, progressive_ramp
 from asr.sweep import main as sweep_main
+from asr.sweep_report import verdict
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH_MINI = REPO.parent / "shared" / "librispeech-mini"
@@ -376,3 +377,57 @@ def test_paper_config_is_the_semi_supervised_librispeech_setup():
     assert cfg.specaug.policy != "none" and cfg.pl.enabled and cfg.ema.start == "pl_start"
     # schedules in hours of audio: warm-up < pseudo-label start < total
     assert 0 < cfg.schedule.warmup_hours < cfg.pl.start_hours < cfg.schedule.total_hours
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes/ema_scaling --from-scratch: the paper's experiment
+
+
+def test_from_scratch_plan_has_a_reference_per_seed_and_three_arms_elsewhere():
+    runs = plan_scratch([1, 2, 8], [0, 1], ramp_hours=0.5)
+    assert [r.name for r in runs[:4]] == ["kappa1-reference-seed0", "kappa2-progressive-seed0",
+                                          "kappa2-rule-seed0", "kappa2-rho-fixed-seed0"]
+    assert len(runs) == 2 * (1 + 3 + 3)
+    by_name = {r.name: r.overrides for r in runs}
+    assert by_name["kappa8-rule-seed1"] == ("train.seed=1", "data.seed=1", "scaling.ema_rule=power",
+                                            "train.accum_steps=8")
+    ramp = ('scaling.progressive=[{"hours":0,"accum_steps":1},{"hours":0.5,"accum_steps":2},'
+            '{"hours":1,"accum_steps":4},{"hours":1.5,"accum_steps":8}]')
+    assert by_name["kappa8-progressive-seed0"][-2:] == ("scaling.ema_rule=power", ramp)
+    assert by_name["kappa8-rho-fixed-seed0"][-2:] == ("scaling.ema_rule=none", ramp)
+
+
+@pytest.mark.parametrize(("accum", "stages"), [
+    (1, [(0.0, 1)]), (2, [(0.0, 1), (1.0, 2)]), (6, [(0.0, 1), (1.0, 2), (2.0, 4), (3.0, 6)]),
+])
+def test_progressive_ramp_doubles_the_batch_up_to_the_runs_accumulation(accum, stages):
+    assert progressive_ramp(Launch(1, accum), 1.0) == stages
+
+
+def test_the_verdict_names_every_final_wer_outside_the_reference_band():
+    reference = {"teacher/dev-clean": [30.0, 32.0, 31.0], "student/dev-clean": [40.0, 44.0]}
+    assert verdict({"teacher/dev-clean": 32.5, "student/dev-clean": 41.0}, reference).startswith("holds")
+    assert verdict({"teacher/dev-clean": 36.0, "student/dev-clean": 41.0}, reference) == \
+        "outside the kappa 1 band: teacher/dev-clean +5.0 points"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("espeak-ng", "sox")),
+                    reason="the synthetic corpus needs espeak-ng and sox (recipes/setup.sh)")
+def test_ema_scaling_from_scratch_runs_every_arm_and_seed_and_reports_bands(tmp_path):
+    exp = tmp_path / "exp"
+    _ok(_recipe(EMA_SCALING, "--size", "tiny", "--exp", str(exp), "--from-scratch", "--kappas", "1 2",
+                "--seeds", "0 1", "--parallel", "2", "--ramp-hours", str(_hours(1)), *TOY))
+    runs = exp / "runs"
+    names = sorted(p.name for p in runs.iterdir() if p.is_dir())
+    assert names == sorted(f"kappa{k}-{arm}-seed{s}" for s in (0, 1)
+                           for k, arm in [(1, "reference"), (2, "progressive"), (2, "rule"), (2, "rho-fixed")])
+    progressive = _metrics(runs / "kappa2-progressive-seed0", "train")
+    assert [row["kappa"] for row in progressive][:2] == [1.0, 1.0] and progressive[-1]["kappa"] == 2.0
+    assert {row["kappa"] for row in _metrics(runs / "kappa2-rule-seed0", "train")} == {2.0}
+    teacher_rho = {name: sorted({round(row["rho"], 9) for row in _metrics(runs / name, "train") if row["rho"] is not None})
+                   for name in ("kappa2-progressive-seed1", "kappa2-rho-fixed-seed1")}
+    assert teacher_rho == {"kappa2-progressive-seed1": [0.81], "kappa2-rho-fixed-seed1": [0.9]}
+    report = (exp / "sweep_report.md").read_text()
+    assert "| kappa 1 (reference) | 2 |" in report and report.count("| kappa 2, ") == 3
+    assert (exp / "sweep_report.png").read_bytes()[:4] == b"\x89PNG"

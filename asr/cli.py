@@ -11,6 +11,28 @@ import sys
 from pathlib import Path
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a beam of 0 or an average of 0 checkpoints is a mistake)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML experiment file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -164,13 +186,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", nargs="*", default=None, help="splits to decode (default: the checkpoint's dev splits)")
     _add_weights_args(p)
     p.add_argument("--decoder", choices=["greedy", "beam"], default=None, help="default: the checkpoint config's eval.decoder")
-    p.add_argument("--beam-size", type=int, default=None, help="beam width (default: the config's eval.beam_size)")
+    p.add_argument("--beam-size", type=_positive_int, default=None, help="beam width (default: the config's eval.beam_size)")
     p.add_argument("--lexicon", type=Path, default=None,
                    help="word list (or words with spellings) the beam may emit (default: the config's eval.lexicon)")
     p.add_argument("--lm", type=Path, default=None, help="KenLM n-gram, arpa or binary (default: the config's eval.lm)")
     p.add_argument("--lm-weight", type=float, default=None, help="language-model weight (default: the config's eval.lm_weight)")
     p.add_argument("--word-score", type=float, default=None, help="score added per word (default: the config's eval.word_score)")
-    p.add_argument("--batch-seconds", type=float, default=None,
+    p.add_argument("--batch-seconds", type=_positive_float, default=None,
                    help="padded audio seconds a decoding batch (default: the config's eval.batch_seconds)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (the run's own device rules)")
     p.add_argument("--out", type=Path, required=True, help="writes <out>/<split>/ reports")
@@ -180,7 +202,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _add_weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=["student", "teacher"], default="student",
                    help="which weights of the checkpoint to use (the teacher is the EMA of the student)")
-    p.add_argument("--average-last", type=int, default=1, help="average the weights of the last N checkpoints")
+    p.add_argument("--average-last", type=_positive_int, default=1, help="average the weights of the last N checkpoints")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -213,14 +235,14 @@ def _add_transcribe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="write here (atomically) instead of standard output")
     p.add_argument("--decoder", choices=["greedy", "beam"], default="greedy",
                    help="beam: flashlight-text search, optionally with --lm and --lexicon")
-    p.add_argument("--beam-size", type=int, default=50, help="beam width")
+    p.add_argument("--beam-size", type=_positive_int, default=50, help="beam width")
     p.add_argument("--lexicon", type=Path, default=None, help="word list the beam may emit (default: any)")
     p.add_argument("--lm", type=Path, default=None, help="KenLM n-gram, arpa or binary (default: none)")
     p.add_argument("--lm-weight", type=float, default=2.0, help="language-model weight")
     p.add_argument("--word-score", type=float, default=0.0, help="score added per word")
-    p.add_argument("--chunk-seconds", type=float, default=30.0,
+    p.add_argument("--chunk-seconds", type=_positive_float, default=30.0,
                    help="longer files are cut near this length at a quiet point and joined")
-    p.add_argument("--batch-seconds", type=float, default=200.0, help="padded audio seconds a batch")
+    p.add_argument("--batch-seconds", type=_positive_float, default=200.0, help="padded audio seconds a batch")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
 
 
@@ -445,10 +467,21 @@ _HANDLERS = {
 }
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM as an exception: ``finally`` blocks run, so no temporary file outlives the
+    process (the trainer replaces this with its own checkpoint-then-exit handler)."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     from asr.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return _HANDLERS[args.command](args) or 0
     except (ConfigError, FileNotFoundError, ValueError) as err:
@@ -462,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"asr {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
@@ -51,6 +52,10 @@ class DataConfig:
     """DataLoader worker processes per rank (0 reads in the training process)."""
     seed: int = 0
     """Seed of the per-epoch shuffle; the order depends only on (seed, epoch, config)."""
+    max_bad_fraction: float = 0.01
+    """Utterances that do not decode (corrupt or truncated shard members) or whose text the
+    tokenizer cannot encode are skipped and counted per split; the run stops once the skipped
+    reads exceed this share of the reads (counted against at least one epoch of the split)."""
 
 
 @dataclass
@@ -233,10 +238,12 @@ class TrainConfig:
     """``auto``, ``cpu`` or ``cuda``."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``fp32``."""
-    compile: Literal["auto", "blocks", "none"] = "auto"
+    compile: Literal["auto", "blocks", "none"] = "none"
     """``torch.compile`` of the encoder blocks of student and teacher (one graph for all blocks,
     LayerDrop outside it): ``auto`` (on CUDA only), ``blocks`` or ``none``. Where inductor fails,
-    a warning gives the reason and the blocks run eagerly."""
+    a warning gives the reason and the blocks run eagerly. Off by default: on an H200 it made
+    the paper model's step slower and only the base model's 800 s step faster
+    (docs/PERFORMANCE.md)."""
     log_every_steps: int = 20
     """Progress line and TensorBoard scalars every N optimizer steps."""
     eval_every_hours: float = 1.0
@@ -253,6 +260,12 @@ class TrainConfig:
     """Wall-clock budget; training stops cleanly (with a checkpoint) when spent (0: none)."""
     stop_hours: float = 0.0
     """Stop (with a checkpoint) after this many hours of audio seen, schedules unchanged (0: at the end)."""
+    collective_timeout_s: float = 300.0
+    """Seconds a collective (all-reduce, barrier) may wait for the other ranks before the job
+    ends with a message naming the rank that stalled; saves and evaluations must fit in it."""
+    signal_check_steps: int = 5
+    """With several ranks, every this many optimizer steps the ranks agree (one all-reduce)
+    whether a SIGTERM/SIGINT arrived; one process checks every step at no cost."""
     init_from: str | None = None
     """Start from this checkpoint's full state (weights, optimizer, step, data position) in a new
     exp_dir: runs that share a phase, e.g. supervised-only vs pseudo-labeled after one warm start."""
@@ -342,6 +355,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file not found: {path}")
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        except yaml.MarkedYAMLError as err:
+            raise _yaml_error(err, str(path)) from None
         except (ConfigKeyError, ValidationError) as err:
             raise _wrap(err, str(path)) from None
     for item in overrides or []:
@@ -352,11 +367,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise _unknown_key_error(key)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides or [])))
+    except yaml.MarkedYAMLError as err:
+        raise ConfigError(f"command line: an override is not valid YAML: {err.problem}") from None
     except (ConfigKeyError, ValidationError) as err:
         raise _wrap(err, "command line") from None
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _yaml_error(err: yaml.MarkedYAMLError, source: str) -> ConfigError:
+    """A YAML syntax error as one line: the file, the line and column, and what is wrong."""
+    mark = err.problem_mark
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    return ConfigError(f"{where}: YAML syntax error: {err.problem or err.context}")
 
 
 def _is_list_item(key: str) -> bool:
@@ -401,6 +425,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "data.max_duration", lambda v: v <= cfg.data.max_batch_seconds,
            f"seconds <= data.max_batch_seconds ({cfg.data.max_batch_seconds}), so every utterance fits a batch")
     _check(cfg, "data.num_workers", nonneg, "an integer >= 0")
+    _check(cfg, "data.max_bad_fraction", lambda v: 0 <= v < 1, "a fraction in [0, 1)")
     if not cfg.data.dev_splits:
         raise ConfigError("key 'data.dev_splits': expected at least one split name")
 
@@ -476,6 +501,25 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "train.max_nonfinite_in_row", pos, "an integer >= 1")
     _check(cfg, "train.max_minutes", nonneg, "minutes >= 0 (0: no limit)")
     _check(cfg, "train.stop_hours", nonneg, "hours >= 0 (0: schedule.total_hours)")
+    _check(cfg, "train.collective_timeout_s", pos, "positive seconds")
+    _check(cfg, "train.signal_check_steps", pos, "an integer >= 1")
+    _check_schedule_points(cfg)
 
     _check(cfg, "eval.batch_seconds", pos, "positive seconds")
     _check(cfg, "eval.beam_size", pos, "a positive integer")
+
+
+def _check_schedule_points(cfg: DictConfig) -> None:
+    """A point that training never reaches is a mistake, not a choice: the phase it starts
+    would silently never happen."""
+    total = cfg.schedule.total_hours
+    before_end = f"hours < schedule.total_hours ({total})"
+    if cfg.pl.enabled:
+        _check(cfg, "pl.start_hours", lambda v: v < total, before_end)
+    if cfg.specaug.policy != "none":
+        _check(cfg, "specaug.start_hours", lambda v: v < total, before_end)
+    _check(cfg, "schedule.decay_start_hours", lambda v: v < total, before_end)
+    _check(cfg, "schedule.step_boundaries_hours", lambda v: all(b < total for b in v), before_end)
+    for i in range(len(cfg.scaling.progressive)):
+        _check(cfg, f"scaling.progressive.{i}.hours", lambda v: v < total, before_end)
+    _check(cfg, "train.stop_hours", lambda v: v <= total, f"hours <= schedule.total_hours ({total})")

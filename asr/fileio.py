@@ -50,6 +50,31 @@ def atomic_path(path: str | Path, *, fsync: bool = False) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_orphaned_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed writers left under ``folder`` (recursively);
+    return them. A temporary name ends in its writer's pid: one of a live process is kept,
+    since that writer may still be at work."""
+    folder = Path(folder)
+    removed = []
+    for path in folder.rglob(f"*{TMP_MARK}*") if folder.is_dir() else []:
+        pid = path.name.rpartition(TMP_MARK)[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def write_atomic(path: str | Path, data: bytes | memoryview | str, *, fsync: bool = False) -> None:
     """Write ``data`` (str as UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
     with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as f:

@@ -52,8 +52,8 @@ def read_transcripts(path: str | Path, fmt: str = "auto") -> dict[str, str]:
     first_seen: dict[str, int] = {}
     for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
         where = f"{path}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
+        try:  # a byte-order mark (Windows editors) is not part of the first id
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError as err:
             raise ValueError(f"{where}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
         if fmt == "trn":

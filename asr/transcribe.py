@@ -31,6 +31,7 @@ from asr.data.audio import resample
 from asr.data.features import LogMelFeatures
 from asr.decode import BeamDecoder, BeamOptions, greedy_decode
 from asr.progress import Progress
+from asr.runtime import wants_cuda
 from asr.text.tokenizer import Tokenizer
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".sph")
@@ -201,6 +202,7 @@ class Transcriber:
         cfg = info["config"]
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        wants_cuda(device)  # a GPU that is not there: a sentence, not a CUDA traceback
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.features = LogMelFeatures.from_config(cfg.features).to(self.device)

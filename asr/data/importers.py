@@ -49,6 +49,7 @@ from asr.data.manifest import (
     SplitSummary,
     combine_manifests,
     format_summary,
+    remove_killed_runs_files,
 )
 from asr.fileio import CountProgress, parallel_map, write_atomic
 from asr.text.normalize import normalize_librispeech
@@ -477,6 +478,7 @@ def import_corpus(fmt: str, source: str | Path, out: str | Path, *, name: str | 
     for split in wanted:
         if not found[split][0]:
             raise ValueError(f"{source}: split {split} has no utterances")
+    remove_killed_runs_files(out)
     summaries = {split: write_split(split, found[split][0], out, sample_rate=sample_rate, resample=resample,
                                     jobs=jobs, text_only=found[split][1]) for split in wanted}
     for combined, parts in (combine or {}).items():

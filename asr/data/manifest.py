@@ -32,7 +32,7 @@ from typing import Any
 import soundfile as sf
 
 from asr.data.audio import AudioDecodeError, encode_flac, read_audio_file, resample
-from asr.fileio import CountProgress, parallel_map, write_atomic
+from asr.fileio import CountProgress, parallel_map, remove_orphaned_temporaries, write_atomic
 from asr.text.normalize import normalize_librispeech
 
 AUDIO_SUFFIXES = (".flac", ".wav")
@@ -133,11 +133,15 @@ def find_splits(root: Path) -> list[str]:
 def _read_kaldi_text(path: Path) -> dict[str, str]:
     """``<id> <TEXT>`` lines (LibriSpeech trans.txt, Kaldi text); a bare id has text ""."""
     texts = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.strip().split(maxsplit=1)
-            if parts:
-                texts[parts[0]] = parts[1] if len(parts) > 1 else ""
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}:{number}: not valid UTF-8 ({err.reason} at byte {err.start}); "
+                             "re-encode the file as UTF-8") from None
+        parts = line.strip().split(maxsplit=1)
+        if parts:
+            texts[parts[0]] = parts[1] if len(parts) > 1 else ""
     return texts
 
 
@@ -245,6 +249,13 @@ def prepare_split(
     return summary
 
 
+def remove_killed_runs_files(out: str | Path) -> None:
+    """Temporary manifests and resampled files that a killed ``asr prepare`` left behind."""
+    for folder in ("manifests", "resampled"):
+        for path in remove_orphaned_temporaries(Path(out) / folder):
+            print(f"prepare: removed {path}, left by a run that was killed", file=sys.stderr)
+
+
 def prepare_corpus(
     corpus: str | Path,
     out: str | Path,
@@ -267,6 +278,7 @@ def prepare_corpus(
                                 f"found: {', '.join(found) or 'none'}")
     if sample_rate <= 0:
         raise ValueError(f"--sample-rate must be a positive rate in Hz, got {sample_rate}")
+    remove_killed_runs_files(out)
     manifest_dir = Path(out) / "manifests"
     prepared = [p.name.removesuffix(".jsonl") for p in manifest_dir.glob("*.jsonl")]
     for name, parts in (combine or {}).items():  # a typo fails now, not after hours of preparing

@@ -31,6 +31,8 @@ import json
 import os
 import sys
 import tarfile
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -332,8 +334,8 @@ def load_index(split_dir: str | Path) -> SplitIndex:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable shard index ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path}: not a readable shard index ({err}); re-run `asr shard`") from None
     version = int(arrays.get("format_version", -1))
     if version != INDEX_FORMAT_VERSION:
         raise ValueError(f"{path}: index format version {version}, this code reads version "

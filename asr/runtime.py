@@ -7,9 +7,11 @@ group (NCCL on GPUs, gloo on the CPU); a single process needs no group at all.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import platform
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -48,25 +50,47 @@ class Runtime:
         return bool(value.item())
 
 
-def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (one object all-gather; call on every rank)."""
+        if self.world_size == 1:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+
+def wants_cuda(device: str) -> bool:
+    """Whether ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``) runs on a GPU; a GPU asked
+    for where none is visible is a ValueError, a sentence rather than a CUDA traceback."""
+    if device == "auto":
+        return torch.cuda.is_available()
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is visible to this process "
+                         "(torch.cuda.is_available() is False); use cpu or auto")
+    return device.startswith("cuda")
+
+
+def setup_runtime(device: str = "auto", precision: str = "auto", *, timeout_s: float = 300.0) -> Runtime:
     """Join the torchrun process group when there is one, and pick the device and precision.
 
     ``device``: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``; ``precision``: ``auto`` (bf16
-    on CUDA, fp32 on the CPU), ``bf16`` or ``fp32``.
+    on CUDA, fp32 on the CPU), ``bf16`` or ``fp32``. ``timeout_s``: how long a collective waits
+    for the other ranks before it fails (torch's own default is 10 to 30 minutes).
     """
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for, but no CUDA device is visible")
+    use_cuda = wants_cuda(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_rank = int(device.split(":")[1]) if ":" in device else int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
         where = torch.device("cuda", local_rank)
     else:
         where = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=where if use_cuda else None)
+        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=where if use_cuda else None,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     bf16 = precision == "bf16" or (precision == "auto" and use_cuda)
     return Runtime(rank, world_size, where, torch.bfloat16 if bf16 else None)
 

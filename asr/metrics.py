@@ -3,8 +3,12 @@ cadence only (:class:`Meter`), and rank 0's record of a run (:class:`RunLog`).""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -83,13 +87,18 @@ class RunLog:
     """Rank 0's record of a run: TensorBoard scalars and ``metrics.jsonl`` (plots, comparisons).
 
     Each row holds the step and the exact hours of audio seen, so runs at different kappa are
-    compared at matched data seen."""
+    compared at matched data seen. A row is one ``write`` of a whole line; a write that fails
+    (a full disk) is undone, so the file never holds half a row, and training goes on without
+    that row. A torn last line left by a killed process is cut when the log is reopened."""
 
     def __init__(self, exp_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        self.path = exp_dir / "metrics.jsonl"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        cut_torn_tail(self.path)
+        self._warned = False
         self.tensorboard = SummaryWriter(str(exp_dir / "tensorboard"))
-        self.jsonl = (exp_dir / "metrics.jsonl").open("a", encoding="utf-8")
 
     def write(self, kind: str, step: int, hours: float, values: dict[str, float]) -> None:
         values = {k: float(v) for k, v in values.items()}
@@ -99,9 +108,38 @@ class RunLog:
         self.tensorboard.add_scalar(f"{kind}/hours_seen", hours, step)
         row = {"kind": kind, "step": step, "hours": hours,
                **{k: (v if math.isfinite(v) else None) for k, v in values.items()}}
-        self.jsonl.write(json.dumps(row) + "\n")
-        self.jsonl.flush()
+        size = os.fstat(self._fd).st_size
+        try:
+            append_line(self._fd, (json.dumps(row) + "\n").encode())
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)  # no half row
+            if not self._warned:
+                self._warned = True
+                print(f"warning: {self.path}: the {kind} row of step {step} was not written ({err}); "
+                      "training goes on, and each later row is tried again", file=sys.stderr)
 
     def close(self) -> None:
         self.tensorboard.close()
-        self.jsonl.close()
+        os.close(self._fd)
+
+
+def append_line(fd: int, data: bytes) -> None:
+    """One ``write`` of a whole line to a file opened with O_APPEND; a short write is an error."""
+    written = os.write(fd, data)
+    if written != len(data):
+        raise OSError(errno.ENOSPC, f"wrote {written} of {len(data)} bytes")
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline: a row whose writer was killed mid-write."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(max(size - 65536, 0))
+        tail = f.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        f.truncate(size - len(tail) + cut + 1 if cut >= 0 else max(size - len(tail), 0))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ def read_metrics(exp_dirs: str | Path | Sequence[str | Path]) -> list[dict[str, 
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
+                    if not line.endswith("\n"):  # the last row of a writer killed mid-line
+                        print(f"asr plot: {path}:{number}: ignoring a torn last line", file=sys.stderr)
+                        break
                     raise ValueError(f"{path}:{number}: not a JSON object ({err.msg})") from None
                 if not isinstance(row, dict) or not {"kind", "step", "hours"} <= row.keys():
                     raise ValueError(f"{path}:{number}: expected a JSON object with kind, step and hours")

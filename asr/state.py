@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from asr.config import config_from_dict
 from asr.data.sampler import DataPosition
-from asr.scaling import Derived
+from asr.scaling import Derived, Schedule
 
 PAYLOAD_KEYS = ("student", "teacher", "optimizer", "train_state", "rng", "aug_generator", "config",
                 "tokenizer")
@@ -40,6 +41,9 @@ class TrainState:
     best_dev_wer: float = float("inf")
     skipped_steps: int = 0
     """Optimizer steps skipped for a non-finite gradient."""
+    bad_data: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per split, utterance reads and reads skipped (audio that does not decode, text outside the
+    tokenizer), summed over all ranks (:class:`asr.data.bad_data.BadData`)."""
 
     def audio_hours(self, labeled_epoch_hours: float, unlabeled_epoch_hours: float) -> float:
         """Real audio hours consumed by all ranks (padding excluded), from the data positions."""
@@ -51,7 +55,7 @@ class TrainState:
             "step": self.step, "updates": self.updates,
             "labeled": self.labeled.state_dict(), "unlabeled": self.unlabeled.state_dict(),
             "kappa_history": list(self.kappa_history), "best_dev_wer": self.best_dev_wer,
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self.skipped_steps, "bad_data": {k: dict(v) for k, v in self.bad_data.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -62,6 +66,7 @@ class TrainState:
         self.kappa_history = list(state.pop("kappa_history"))
         self.best_dev_wer = float(state.pop("best_dev_wer"))
         self.skipped_steps = int(state.pop("skipped_steps"))
+        self.bad_data = {k: dict(v) for k, v in state.pop("bad_data", {}).items()}  # absent before it was counted
         if state:
             raise ValueError(f"train state: unknown keys {sorted(state)}")
 
@@ -91,6 +96,14 @@ def training_payload(model: torch.nn.Module, teacher: Any, optimizer: torch.opti
         "config": config,
         "tokenizer": tokenizer,
     }
+
+
+def continued_step(payload: dict[str, Any], state: TrainState, schedule: Schedule) -> int:
+    """The checkpoint's step counted at this run's batch: the same data hours seen."""
+    if not state.kappa_history:
+        return state.step
+    saved = Schedule(config_from_dict(payload["config"]), int(state.kappa_history[-1]["world_size"]))
+    return schedule.resume_step(saved, state.step)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -143,12 +143,15 @@ def micro_batch_loss(parts: StepParts, batch: Batch, *, unlabeled: bool, augment
     else:
         targets, target_lengths, min_frames = encode_targets(batch.texts, tokenizer, rt.device)
         keep = min_frames <= out_lengths  # a transcript CTC cannot align is dropped, not fatal
+    if batch.placeholder:  # nothing of the micro-batch was readable: run the passes, learn nothing
+        keep = torch.zeros_like(keep)
     if augment:
         feats = parts.specaug(feats, feat_lengths, generator=parts.aug_generator)
     with rt.autocast():
         log_probs, _ = parts.student(feats, feat_lengths, padded=padded)
     loss = ctc_loss(log_probs, host_out_lengths, targets, target_lengths, keep)
-    meter.add_loss(loss.detach(), unlabeled, batch.seconds, batch.padded_seconds)
+    if not batch.placeholder:
+        meter.add_loss(loss.detach(), unlabeled, batch.seconds, batch.padded_seconds)
     return loss * (options.unlabeled_weight if unlabeled else 1.0)
 
 

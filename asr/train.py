@@ -11,13 +11,14 @@ checkpoints on cadences counted in data hours.
 
 The teacher is an fp32 EMA of the student on every rank. It is not wrapped in DDP: DDP keeps
 the students identical, so identical updates keep the teachers identical.
+
+Failures (README, "What happens when things fail"): a signal saves and exits with
+:data:`asr.preemption.EXIT_PREEMPTED`; bad data is skipped and counted; a stalled rank is named.
 """
 
 from __future__ import annotations
 
-import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,21 +30,31 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from asr.checkpoint import save_checkpoint
 from asr.config import config_from_dict, to_yaml
+from asr.data.bad_data import BadData
 from asr.data.features import LogMelFeatures
 from asr.data.loader import BatchLoader
 from asr.data.sampler import is_unlabeled_turn
 from asr.data.shards import SplitIndex
 from asr.data.specaug import SpecAugment
 from asr.ema import EMATeacher
-from asr.evaluate import dev_wer
-from asr.experiment import check_compatible, checkpoint_to_continue, load_splits, prepare_tokenizer
+from asr.experiment import (
+    ExperimentLock,
+    check_compatible,
+    check_fresh_start,
+    check_transcripts,
+    checkpoint_to_continue,
+    load_splits,
+    prepare_tokenizer,
+)
 from asr.metrics import Meter, RunLog
 from asr.model import build_model
 from asr.optim import apply_values, build_optimizer, rescale_state
+from asr.preemption import EXIT_PREEMPTED, StopSignal
 from asr.runtime import Runtime, setup_runtime
 from asr.scaling import Derived, Schedule, SchedulePoint, scaling_report
 from asr.state import (
     TrainState,
+    continued_step,
     kappa_record,
     rng_state,
     same_scale,
@@ -52,6 +63,8 @@ from asr.state import (
 )
 from asr.step import SkippedSteps, StepOptions, StepParts, train_step
 from asr.text.tokenizer import Tokenizer, tokenizer_from_dict
+from asr.train_log import Progress, evaluate_dev
+from asr.watchdog import Heartbeat, is_collective_failure
 
 
 @dataclass
@@ -72,6 +85,11 @@ class Run:
     """Rank 0's metrics.jsonl and TensorBoard; None on the other ranks."""
     meter: Meter
     skipped: SkippedSteps
+    bad: BadData
+    stop: StopSignal
+    heartbeat: Heartbeat
+    saved_step: int = -1
+    """The step of the last checkpoint written (a preemption right after it saves nothing new)."""
 
     @property
     def rt(self) -> Runtime:
@@ -84,48 +102,91 @@ class Run:
 
 
 def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
-    rt = setup_runtime(cfg.train.device, cfg.train.precision)
+    """Train as ``cfg`` says; return the exit status (0, or :data:`EXIT_PREEMPTED` after a signal)."""
+    rt = setup_runtime(cfg.train.device, cfg.train.precision, timeout_s=cfg.train.collective_timeout_s)
     schedule = Schedule(cfg, rt.world_size)
     rt.log(to_yaml(cfg))
     rt.log(scaling_report(schedule, cfg))
     if dry_run:
         return 0
-    splits = load_splits(cfg)  # a wrong shards_dir or split name fails before anything is written
+    splits = load_splits(cfg)  # a wrong shards_dir or split name, or no transcripts: refused before any write
     exp_dir = Path(cfg.train.exp_dir)
-    payload, source = checkpoint_to_continue(cfg, exp_dir)
-    if payload is not None:  # checked before config.yaml is replaced: a refused resume changes nothing
+    payload, source = checkpoint_to_continue(cfg, exp_dir, rt.log)
+    state = TrainState()
+    if payload is None:
+        check_fresh_start(cfg, exp_dir)
+    else:  # checked before config.yaml is replaced: a refused resume changes nothing
         check_compatible(config_from_dict(payload["config"]), cfg)
-    if rt.is_main:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / "config.yaml").write_text(to_yaml(cfg))
+        state.load_state_dict(payload["train_state"])
+        if continued_step(payload, state, schedule) >= schedule.stop_step:
+            rt.log(f"nothing to do: {source} is at step {state.step}, and this run stops at step "
+                   f"{schedule.stop_step}")
+            return 0
+    lock = ExperimentLock(exp_dir) if rt.is_main else None  # one trainer a folder
+    try:
+        return run_to_end(start(cfg, rt, schedule, splits, payload, source, state))
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def start(cfg: DictConfig, rt: Runtime, schedule: Schedule, splits: dict[str, SplitIndex],
+          payload: dict[str, Any] | None, source: Path | None, state: TrainState) -> Run:
+    """The tokenizer and the loaders (their checks refuse before config.yaml is written), then
+    the parts, resumed from ``payload`` when there is one."""
+    exp_dir = Path(cfg.train.exp_dir)
     tokenizer = (tokenizer_from_dict(payload["tokenizer"]) if payload
                  else prepare_tokenizer(cfg.tokenizer, cfg.data, exp_dir, rt))
+    text_ok = check_transcripts(splits[cfg.data.train_split], tokenizer, "data.train_split")
+    labeled, unlabeled = make_loaders(cfg, splits, state, rt, text_ok)  # a changed data plan is refused here
+    if rt.is_main:
+        (exp_dir / "config.yaml").write_text(to_yaml(cfg))
     parts = build(cfg, rt, tokenizer, schedule)
-    state, values = TrainState(), schedule.at(0).values
+    values = schedule.at(0).values
     if payload is not None:
-        state, values = resume(parts, payload, cfg, schedule, own=source == exp_dir / "checkpoints" / "last.pt")
+        values = resume(parts, payload, cfg, schedule, state, own=source.parent == exp_dir / "checkpoints")
         rt.log(f"continuing at step {state.step} from {source}")
     if compiles(cfg, rt):  # the bare model: checkpoints keep plain parameter names
         parts.model.compile_blocks()
     if rt.world_size > 1:  # LayerDrop leaves parameters without gradients on some steps
         parts.student = DDP(parts.model, find_unused_parameters=max(cfg.model.layerdrop, cfg.pl.layerdrop or 0) > 0)
-    labeled, unlabeled = make_loaders(cfg, splits, state, rt)
     if payload is not None:  # last: building the loaders must not shift any RNG stream
         set_rng_state(payload["rng"][rt.rank % len(payload["rng"])], rt.device)
         parts.aug_generator.set_state(payload["aug_generator"][rt.rank % len(payload["aug_generator"])])
-    run = Run(cfg, schedule, parts, state, values, labeled, unlabeled,
-              {name: splits[name] for name in cfg.data.dev_splits}, exp_dir,
-              RunLog(exp_dir) if rt.is_main else None, Meter(rt.device, rt.world_size),
-              SkippedSteps(rt.device, state.skipped_steps))
-    del payload
+    sizes = {loader.index.split: len(loader.index) - loader.dropped_utterances for loader in (labeled, unlabeled) if loader}
+    return Run(cfg, schedule, parts, state, values, labeled, unlabeled,
+               {name: splits[name] for name in cfg.data.dev_splits}, exp_dir,
+               RunLog(exp_dir) if rt.is_main else None, Meter(rt.device, rt.world_size),
+               SkippedSteps(rt.device, state.skipped_steps),
+               BadData(cfg.data.max_bad_fraction, sizes, world_size=rt.world_size, device=rt.device,
+                       totals=state.bad_data),
+               StopSignal(rt, cfg.train.signal_check_steps), Heartbeat(rt))
+
+
+def run_to_end(run: Run) -> int:
+    """The loop, then the last evaluation and checkpoint, or one checkpoint after a signal."""
+    rt = run.rt
     try:
-        loop(run)
-        finish(run)
+        if loop(run):
+            if run.saved_step != run.state.step:
+                save(run, final=True)
+            rt.log(f"stopped by {run.stop.describe()} after step {run.state.step}, state saved in "
+                   f"{run.exp_dir / 'checkpoints' / 'last.pt'}; the same command resumes (exit status {EXIT_PREEMPTED})")
+            status = EXIT_PREEMPTED
+        else:
+            finish(run)
+            status = 0
+        leave(run)
+        return status
+    except Exception as err:
+        if rt.world_size > 1 and is_collective_failure(err):
+            raise run.heartbeat.stall_error(err, run.state.step, run.cfg.train.collective_timeout_s) from err
+        raise
     finally:
+        run.stop.restore()
+        run.heartbeat.close()
         if run.writer is not None:
             run.writer.close()
-    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,9 +213,10 @@ def build(cfg: DictConfig, rt: Runtime, tokenizer: Tokenizer, schedule: Schedule
                      specaug=specaug, aug_generator=aug_generator, tokenizer=tokenizer, rt=rt)
 
 
-def resume(parts: StepParts, payload: dict[str, Any], cfg: DictConfig, schedule: Schedule, *,
-           own: bool) -> tuple[TrainState, Derived]:
-    """Load a checkpoint's state into the parts; return the loop state and the current values.
+def resume(parts: StepParts, payload: dict[str, Any], cfg: DictConfig, schedule: Schedule,
+           state: TrainState, *, own: bool) -> Derived:
+    """Load a checkpoint's weights and optimizer into the parts (``state`` holds its loop state
+    already); return the current values.
 
     A checkpoint written at another batch (world size, accumulation) continues at the same data
     hours: its step is re-counted by the schedule and the optimizer state is rescaled to the new
@@ -165,34 +227,37 @@ def resume(parts: StepParts, payload: dict[str, Any], cfg: DictConfig, schedule:
     if payload["teacher"] is not None:
         parts.teacher = make_teacher(parts, cfg)
         parts.teacher.load_state_dict(payload["teacher"])
-    state = TrainState()
-    state.load_state_dict(payload["train_state"])
     if not own:
         state.best_dev_wer = float("inf")  # a new run: its own best
     values = schedule.at(state.step).values
     if state.kappa_history:  # the checkpoint's steps ran at the batch it last recorded
         saved = Schedule(config_from_dict(payload["config"]), int(state.kappa_history[-1]["world_size"]))
         saved_values = saved.at(max(state.step - 1, 0)).values
-        state.step = schedule.resume_step(saved, state.step)
+        state.step = continued_step(payload, state, schedule)
         values = schedule.at(state.step).values
         if values.kappa != saved_values.kappa:  # the optimizer state to what the new kappa would hold
             rescale_state(parts.optimizer, saved_values, values)
     if parts.teacher is not None and cfg.pl.enabled and state.step >= schedule.steps.pl_start:
         parts.model.set_dropout(*pl_dropout(cfg))
-    return state, values
+    return values
 
 
-def make_loaders(cfg: DictConfig, splits: dict[str, SplitIndex], state: TrainState,
-                 rt: Runtime) -> tuple[BatchLoader, BatchLoader | None]:
-    """This rank's labeled and unlabeled streams, from the global data positions."""
+def make_loaders(cfg: DictConfig, splits: dict[str, SplitIndex], state: TrainState, rt: Runtime,
+                 text_ok: Any = None) -> tuple[BatchLoader, BatchLoader | None]:
+    """This rank's labeled and unlabeled streams, from the global data positions; what the
+    duration filter drops is reported with counts."""
     args = {"rank": rt.rank, "world_size": rt.world_size, "pin_memory": rt.device.type == "cuda"}
-    labeled = BatchLoader.from_config(splits[cfg.data.train_split], cfg.data, start=state.labeled, **args)
+    labeled = BatchLoader.from_config(splits[cfg.data.train_split], cfg.data, start=state.labeled,
+                                      text_ok=text_ok, **args)
     unlabeled = None
     if cfg.pl.enabled:
         unlabeled = BatchLoader.from_config(splits[cfg.data.unlabeled_split], cfg.data,
                                             start=state.unlabeled, **args)
-    rt.log(f"data: {cfg.data.train_split} {labeled.hours_per_epoch:.2f} h an epoch"
-           + (f", {cfg.data.unlabeled_split} {unlabeled.hours_per_epoch:.2f} h an epoch" if unlabeled else ""))
+    for loader in (labeled, unlabeled) if unlabeled else (labeled,):
+        rt.log(f"data: {loader.index.split} {loader.hours_per_epoch:.2f} h an epoch, "
+               f"{len(loader.index) - loader.dropped_utterances} of {len(loader.index)} utterances"
+               + (f" ({loader.dropped_utterances} outside data.min_duration={cfg.data.min_duration:g} s .. "
+                  f"data.max_duration={cfg.data.max_duration:g} s dropped)" if loader.dropped_utterances else ""))
     return labeled, unlabeled
 
 
@@ -200,13 +265,14 @@ def make_loaders(cfg: DictConfig, splits: dict[str, SplitIndex], state: TrainSta
 # The loop
 
 
-def loop(run: Run) -> None:
-    """Optimizer steps until the schedule's stop step, with logs, evaluations and checkpoints."""
+def loop(run: Run) -> bool:
+    """Optimizer steps until the schedule's stop step, with logs, evaluations and checkpoints;
+    True when a signal stopped it early (every rank after the same step)."""
     cfg, state, parts = run.cfg, run.state, run.parts
     options = StepOptions(grad_clip=cfg.optim.grad_clip, unlabeled_weight=cfg.pl.unlabeled_weight,
                           min_tokens=cfg.pl.min_tokens, min_confidence=cfg.pl.min_confidence)
     labeled, unlabeled = iter(run.labeled), iter(run.unlabeled) if run.unlabeled else None
-    clock = Progress(run)
+    clock = Progress(run, save)
     while state.step < run.schedule.stop_step:
         point = run.schedule.at(state.step)
         enter_step(run, point)
@@ -219,12 +285,14 @@ def loop(run: Run) -> None:
             state.unlabeled = micro_batches[-1].position
         else:
             state.labeled = micro_batches[-1].position
+        run.bad.add((run.unlabeled if use_unlabeled else run.labeled).index.split, micro_batches)
         parts.model.set_layerdrop_seed(cfg.train.seed * 1_000_003 + state.updates)
         train_step(parts, micro_batches, unlabeled=use_unlabeled, augment=point.specaug_active,
                    rho=point.values.rho, options=options, meter=run.meter, skipped=run.skipped)
         state.step += 1
         state.updates += 1
 
+        run.heartbeat.step = state.step
         log_due = state.step % cfg.train.log_every_steps == 0 or state.step == run.schedule.stop_step
         if log_due and not clock.log(point):
             break
@@ -232,6 +300,9 @@ def loop(run: Run) -> None:
             is_best = run.schedule.eval_due(state.step) and evaluate_dev(run)
             if is_best or run.schedule.checkpoint_due(state.step):  # one save for both
                 save(run, is_best)
+            if run.stop.requested(state.step):  # SIGTERM/SIGINT: a step boundary, agreed by every rank
+                return True
+    return False
 
 
 def enter_step(run: Run, point: SchedulePoint) -> None:
@@ -253,97 +324,43 @@ def enter_step(run: Run, point: SchedulePoint) -> None:
         parts.model.set_dropout(*pl_dropout(cfg))
 
 
-class Progress:
-    """The logging cadence: one line with rate and ETA, one metrics row, and the checks that
-    need the host (non-finite runs, the wall-clock budget)."""
+def save(run: Run, is_best: bool = False, *, final: bool = False) -> None:
+    """One checkpoint; rank 0 writes, every rank's RNG states are gathered so each resumes its own.
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.t_start, self.step_at_start = time.perf_counter(), run.state.step
-        self.audio_at_start = run.audio_hours()
-
-    def log(self, point: SchedulePoint) -> bool:
-        """Write the interval's line and row; False when the run must stop now."""
-        run, state, cfg = self.run, self.run.state, self.run.cfg
-        stats = run.meter.flush()
-        elapsed = time.perf_counter() - self.t_start
-        hours, audio = run.schedule.hours_at(state.step), run.audio_hours()
-        rate = (audio - self.audio_at_start) / max(elapsed / 3600, 1e-9)
-        stop = run.schedule.stop_step
-        eta = (stop - state.step) * elapsed / max(state.step - self.step_at_start, 1)
-        teacher = run.parts.teacher is not None
-        lr = run.parts.optimizer.param_groups[0]["lr"]
-        run.rt.log(f"step {state.step}/{stop} | {hours:.2f} data-h ({audio:.2f} h audio)"
-                   + (f" | loss {stats['loss']:.3f}" if stats["batches"] else "")
-                   + (f" | pl-loss {stats['pl_loss']:.3f}" if stats["pl_batches"] else "")
-                   + f" | lr {lr:.2e} | kappa {run.values.kappa:g}"
-                   + (f" | rho {run.values.rho:.5f}" if teacher else "")
-                   + f" | {rate:.0f} audio-h/h | ETA {format_seconds(eta)}")
-        if run.writer is not None:
-            run.writer.write("train", state.step, hours, {
-                **stats, "audio_hours": audio, "lr": lr, "kappa": run.values.kappa,
-                "rho": run.values.rho if teacher else float("nan"), "audio_hours_per_hour": rate})
-        longest = run.skipped.read_longest()
-        if longest >= cfg.train.max_nonfinite_in_row:
-            save(run)
-            raise RuntimeError(
-                f"{longest} optimizer steps in a row had a non-finite loss or gradient "
-                f"(train.max_nonfinite_in_row={cfg.train.max_nonfinite_in_row}); "
-                f"stopped, state saved in {run.exp_dir / 'checkpoints' / 'last.pt'}")
-        if cfg.train.max_minutes and run.rt.any_rank(elapsed / 60 > cfg.train.max_minutes):
-            run.rt.log(f"wall-clock budget of {cfg.train.max_minutes:g} min spent: stopping")
-            return False
-        return True
-
-
-def evaluate_dev(run: Run) -> bool:
-    """Greedy dev WER of student and teacher; True when the student's is a new best."""
-    rt, parts, state = run.rt, run.parts, run.state
-    line, first_wer, values = [], None, {}
-    nets = [("student", parts.model)] + ([("teacher", parts.teacher.module)] if parts.teacher else [])
-    for label, net in nets:
-        for name, index in run.dev.items():
-            wer = dev_wer(net, parts.features, index, parts.tokenizer, rt.device, rank=rt.rank,
-                          world_size=rt.world_size, batch_seconds=run.cfg.eval.batch_seconds,
-                          autocast_dtype=rt.autocast_dtype)
-            line.append(f"{label} {name} {100 * wer:.2f}")
-            values[f"{label}/{name}"] = 100 * wer
-            first_wer = wer if first_wer is None else first_wer
-    rt.log(f"dev WER % at step {state.step}: " + " | ".join(line))
-    if run.writer is not None:
-        run.writer.write("dev_wer", state.step, run.schedule.hours_at(state.step), values)
-    if first_wer is not None and first_wer < state.best_dev_wer:
-        state.best_dev_wer = first_wer
-        return True
-    return False
-
-
-def save(run: Run, is_best: bool = False) -> None:
-    """One checkpoint; rank 0 writes, every rank's RNG states are gathered so each resumes its own."""
+    A periodic save that fails (a full disk) leaves the previous checkpoint in place and is
+    tried again at the next one; a ``final`` save (the end, a signal) that fails is an error.
+    """
     rt, parts, state = run.rt, run.parts, run.state
     state.skipped_steps = run.skipped.total()  # exact also between logging steps
-    rngs, gens = [rng_state(rt.device)], [parts.aug_generator.get_state().cpu()]
-    if rt.world_size > 1:
-        all_rngs: list[Any] = [None] * rt.world_size
-        all_gens: list[Any] = [None] * rt.world_size
-        dist.all_gather_object(all_rngs, rngs[0])
-        dist.all_gather_object(all_gens, gens[0])
-        rngs, gens = all_rngs, all_gens
+    run.bad.sync()
+    state.bad_data = run.bad.state_dict()
+    rngs, gens = rt.gather(rng_state(rt.device)), rt.gather(parts.aug_generator.get_state().cpu())
     if not rt.is_main:
         return
     payload = training_payload(parts.model, parts.teacher, parts.optimizer, state, rngs, gens,
                                OmegaConf.to_container(run.cfg, resolve=True), parts.tokenizer.to_dict())
-    save_checkpoint(payload, run.exp_dir / "checkpoints", state.updates, keep_last=run.cfg.train.keep_last,
-                    is_best=is_best)
+    try:
+        save_checkpoint(payload, run.exp_dir / "checkpoints", state.updates, keep_last=run.cfg.train.keep_last,
+                        is_best=is_best)
+        run.saved_step = state.step
+    except OSError as err:
+        if final:
+            raise
+        rt.log(f"warning: the checkpoint of step {state.step} was not written ({err}); the previous one "
+               "stays in place, and the next checkpoint tries again")
 
 
 def finish(run: Run) -> None:
-    """The last evaluation and checkpoint, then leave the process group."""
+    """The last evaluation and checkpoint."""
     is_best = bool(run.cfg.train.eval_every_hours) and evaluate_dev(run)
-    save(run, is_best)
+    save(run, is_best, final=True)
     run.rt.log(f"done: step {run.state.step}, {run.schedule.hours_at(run.state.step):.2f} data-h "
-               f"({run.audio_hours():.2f} h audio), {run.state.skipped_steps} skipped steps; "
-               f"checkpoints in {run.exp_dir / 'checkpoints'}")
+               f"({run.audio_hours():.2f} h audio), {run.state.skipped_steps} skipped steps, "
+               f"{run.bad.skipped()} bad utterances skipped; checkpoints in {run.exp_dir / 'checkpoints'}")
+
+
+def leave(run: Run) -> None:
+    """Leave the process group, every rank together."""
     if run.rt.world_size > 1:
         # DDP's reducer holds the process group: drop it first, so that destroy_process_group
         # frees the group (with the GIL released). Freed by the reducer, with the GIL held, a
@@ -375,13 +392,6 @@ def pl_dropout(cfg: DictConfig) -> tuple[float, float]:
     """Dropout and LayerDrop of the pseudo-label phase (the model's own where not set)."""
     return (cfg.model.dropout if cfg.pl.dropout is None else cfg.pl.dropout,
             cfg.model.layerdrop if cfg.pl.layerdrop is None else cfg.pl.layerdrop)
-
-
-def format_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 if __name__ == "__main__":  # pragma: no cover - use `asr train`

@@ -225,11 +225,24 @@ def test_a_member_that_does_not_decode_is_skipped_counted_and_logged_once(index,
     assert len(logged) == 1 and str(broken.shard_path(0).parent) in logged[0]
 
 
-def test_a_batch_whose_members_all_fail_raises_a_clear_error(index, tmp_path):
-    first = next(iter(make_loader(index)))
-    broken = corrupt(index, first.keys, tmp_path / "broken")
-    with pytest.raises(RuntimeError, match=rf"split 'train', epoch 0, micro-batch 0: none of its {len(first)}"):
-        next(iter(make_loader(broken)))
+def test_a_batch_whose_members_all_fail_becomes_a_placeholder_and_the_stream_goes_on(index, tmp_path):
+    """Every rank must run the same passes: a micro-batch with nothing left is one second of
+    silence with an empty text (dropped from the loss), counted, and the next batches follow."""
+    clean = list(itertools.islice(iter(make_loader(index)), 3))
+    broken = corrupt(index, clean[0].keys, tmp_path / "broken")
+    got = list(itertools.islice(iter(make_loader(broken)), 3))
+    assert got[0].placeholder and got[0].failed == len(clean[0]) and len(got[0]) == 0
+    assert got[0].texts == [""] and got[0].waves.shape == (1, index.sample_rate) and not got[0].waves.any()
+    assert got[0].position == clean[0].position and got[0].seconds == 0.0
+    assert [b.keys for b in got[1:]] == [b.keys for b in clean[1:]]
+
+
+def test_text_the_tokenizer_cannot_encode_is_skipped_and_counted(index):
+    clean = next(iter(make_loader(index)))
+    bad = clean.keys[0]
+    text_of = {index.key(i): index.text(i) for i in range(len(index))}
+    got = next(iter(make_loader(index, text_ok=lambda text: text != text_of[bad])))
+    assert got.failed == 1 and got.keys == [k for k in clean.keys if k != bad]
 
 
 # ---------------------------------------------------------------------------------------------

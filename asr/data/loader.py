@@ -56,8 +56,9 @@ class Batch:
     padded_seconds: float  # B x T_max / sample_rate
     epoch: int
     position: DataPosition  # where the stream stands once every rank has taken this round
-    failed: int  # members of this micro-batch skipped because they did not decode
+    failed: int  # members skipped: audio that does not decode, or text the tokenizer cannot encode
     duplicate: bool  # a padding repeat that evens out the ranks at the end of an epoch
+    placeholder: bool = False  # every member was skipped: one second of silence that trains nothing
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -81,9 +82,11 @@ class MicroBatchStream(IterableDataset):
     """One rank's infinite stream of decoded micro-batches, split across DataLoader workers."""
 
     def __init__(self, index: SplitIndex, plan_for_epoch: Callable[[int], EpochPlan],
-                 start: DataPosition, *, rank: int, world_size: int) -> None:
+                 start: DataPosition, *, rank: int, world_size: int,
+                 text_ok: Callable[[str], bool] | None = None) -> None:
         super().__init__()
         self.index = index
+        self.text_ok = text_ok
         self.plan_for_epoch = plan_for_epoch
         self.start = start
         self.rank = rank
@@ -100,25 +103,28 @@ class MicroBatchStream(IterableDataset):
                 yield self.read(scheduled)
 
     def read(self, scheduled: ScheduledBatch) -> Batch:
-        """Decode and collate one micro-batch, skipping members that do not decode (each one
-        logged once per reading process, and counted in every batch it is missing from)."""
+        """Decode and collate one micro-batch, skipping members whose audio does not decode or
+        whose text ``text_ok`` refuses (each one logged once per reading process, and counted in
+        every batch it is missing from). A micro-batch with no member left becomes a placeholder
+        rather than an error: every rank must still run its forward and backward passes, or the
+        others would wait for it in the gradient all-reduce."""
         index = self.index
         kept: list[int] = []
         waves: list[np.ndarray] = []
-        errors: list[AudioDecodeError] = []
         for i in scheduled.indices.tolist():
             try:
+                if self.text_ok is not None and not self.text_ok(index.text(i)):
+                    raise AudioDecodeError(index.key(i), str(index.shard_path(i)),
+                                           f"text {index.text(i)!r} has characters the tokenizer cannot encode")
                 waves.append(read_audio(index, i))
                 kept.append(i)
             except AudioDecodeError as err:
-                errors.append(err)
                 if i not in self._reported:
                     self._reported.add(i)
-                    logger.warning("skipping an utterance that does not decode: %s", err)
+                    logger.warning("skipping an utterance of split %r: %s", index.split, err)
+        failed = len(scheduled.indices) - len(kept)
         if not kept:
-            raise RuntimeError(
-                f"split {index.split!r}, epoch {scheduled.epoch}, micro-batch {scheduled.plan_index}: "
-                f"none of its {len(errors)} utterances decodes (first: {errors[0]})")
+            return self.placeholder(scheduled, failed)
 
         lengths = np.array([len(w) for w in waves], dtype=np.int64)
         padded = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
@@ -136,9 +142,17 @@ class MicroBatchStream(IterableDataset):
             padded_seconds=padded.size / sample_rate,
             epoch=scheduled.epoch,
             position=scheduled.after,
-            failed=len(errors),
+            failed=failed,
             duplicate=scheduled.duplicate,
         )
+
+    def placeholder(self, scheduled: ScheduledBatch, failed: int) -> Batch:
+        """One second of silence with an empty transcript: the step drops it from the loss
+        (weight zero), so it changes nothing but keeps this rank's passes in step."""
+        rate = self.index.sample_rate
+        return Batch(waves=torch.zeros(1, rate), lengths=torch.tensor([rate]), keys=[], texts=[""],
+                     truths=None, sample_rate=rate, seconds=0.0, padded_seconds=1.0, epoch=scheduled.epoch,
+                     position=scheduled.after, failed=failed, duplicate=scheduled.duplicate, placeholder=True)
 
 
 class BatchLoader:
@@ -166,6 +180,7 @@ class BatchLoader:
         start: DataPosition | None = None,
         pin_memory: bool = False,
         prefetch_factor: int = 2,
+        text_ok: Callable[[str], bool] | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} / world_size {world_size}: expected 0 <= rank < world_size")
@@ -177,6 +192,7 @@ class BatchLoader:
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
+        self.text_ok = text_ok
         self.planner = EpochPlanner(index.duration, max_batch_seconds=max_batch_seconds,
                                     num_buckets=num_buckets, min_duration=min_duration,
                                     max_duration=max_duration, seed=seed)
@@ -191,12 +207,13 @@ class BatchLoader:
 
     @classmethod
     def from_config(cls, index: SplitIndex, cfg: DataConfig, *, rank: int, world_size: int,
-                    start: DataPosition | None = None, pin_memory: bool = False) -> BatchLoader:
+                    start: DataPosition | None = None, pin_memory: bool = False,
+                    text_ok: Callable[[str], bool] | None = None) -> BatchLoader:
         """Build from :class:`asr.config.DataConfig` (``cfg.data``)."""
         return cls(index, max_batch_seconds=cfg.max_batch_seconds, num_buckets=cfg.num_buckets,
                    min_duration=cfg.min_duration, max_duration=cfg.max_duration, seed=cfg.seed,
                    rank=rank, world_size=world_size, num_workers=cfg.num_workers, start=start,
-                   pin_memory=pin_memory)
+                   pin_memory=pin_memory, text_ok=text_ok)
 
     @property
     def hours_per_epoch(self) -> float:
@@ -221,7 +238,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         stream = MicroBatchStream(self.index, self.planner, self.start, rank=self.rank,
-                                  world_size=self.world_size)
+                                  world_size=self.world_size, text_ok=self.text_ok)
         # a generator of its own: DataLoader would otherwise draw its worker seed from the
         # global RNG, so opening a stream would shift the trainer's dropout stream (the stream
         # itself is deterministic and never uses the worker seed)

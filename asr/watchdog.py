@@ -29,9 +29,8 @@ class Heartbeat:
 
     def __init__(self, rt: Runtime, period_s: float = 1.0) -> None:
         self.rt, self.period_s = rt, period_s
-        self.step = 0
-        """The optimizer step this rank is at (set by the loop; read by the beating thread)."""
-        self._stop = threading.Event()
+        self._step = 0
+        self._stop, self._wake = threading.Event(), threading.Event()
         self._store = dist.distributed_c10d._get_default_store() if rt.world_size > 1 else None
         self._thread = None
         if self._store is not None:
@@ -39,12 +38,23 @@ class Heartbeat:
             self._thread = threading.Thread(target=self._run, name="asr-heartbeat", daemon=True)
             self._thread.start()
 
+    @property
+    def step(self) -> int:
+        """The optimizer steps this rank has finished (set by the loop, published at once)."""
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = value
+        self._wake.set()  # the thread writes it now, not at the next period
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._beats += 1
             with contextlib.suppress(Exception):  # the store may be gone at the end of a job
-                self._store.set(_KEY.format(self.rt.rank), f"{self._beats} {self.step}")
-            self._stop.wait(self.period_s)
+                self._store.set(_KEY.format(self.rt.rank), f"{self._beats} {self._step}")
+            self._wake.wait(self.period_s)
+            self._wake.clear()
 
     def _read(self) -> dict[int, tuple[int, int] | None]:
         beats: dict[int, tuple[int, int] | None] = {}
@@ -83,6 +93,7 @@ class Heartbeat:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
 

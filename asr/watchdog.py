@@ -95,7 +95,7 @@ class Heartbeat:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=5 * self.period_s)  # a dead store must not hold the exit
 
 
 def is_collective_failure(err: BaseException) -> bool:

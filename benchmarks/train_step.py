@@ -221,7 +221,8 @@ def main() -> None:
                     print(f"| {config} | {mode} | {seconds:g} | out of memory |", flush=True)
                     torch.cuda.empty_cache()
                     continue
-                plain = [b for b in baseline if b["mode"] == "compiled" and abs(b["audio_s_per_step"] - seconds) / seconds < 0.05]
+                plain = [b for b in baseline if b["mode"] == "compiled" and abs(b["audio_s_per_step"] - seconds) / seconds < 0.05
+                         and abs(b["params_M"] - r["params_M"]) / b["params_M"] < 0.05]  # same size only
                 r["vs_compiled_plain"] = r["x_real_time"] / plain[0]["x_real_time"] if plain else math.nan
                 rows.append(r)
                 print(f"| {config} | {mode} | {r['audio_s_per_step']:.0f} / {r['padded_s_per_step']:.0f} | "

@@ -167,13 +167,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the CTC student (supervised, then with EMA-teacher pseudo-labels)")
     _add_config_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and scaling report, then exit")
+    p.add_argument("--world-size", type=_positive_int, default=None,
+                   help="with --dry-run: the report for this many processes, without starting them "
+                        "(default: this launch's WORLD_SIZE)")
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from asr.config import load_config
     from asr.train import train
 
-    return train(load_config(args.config, args.overrides), dry_run=args.dry_run)
+    if args.world_size is not None and not args.dry_run:
+        raise ValueError("--world-size is for --dry-run; a run's world size is torchrun's")
+    return train(load_config(args.config, args.overrides), dry_run=args.dry_run, world_size=args.world_size)
 
 
 # --- asr eval ---------------------------------------------------------------------------------

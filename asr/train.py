@@ -101,8 +101,14 @@ class Run:
                                       self.unlabeled.hours_per_epoch if self.unlabeled else 0.0)
 
 
-def train(cfg: DictConfig, *, dry_run: bool = False) -> int:
-    """Train as ``cfg`` says; return the exit status (0, or :data:`EXIT_PREEMPTED` after a signal)."""
+def train(cfg: DictConfig, *, dry_run: bool = False, world_size: int | None = None) -> int:
+    """Train as ``cfg`` says; return the exit status (0, or :data:`EXIT_PREEMPTED` after a signal).
+
+    ``dry_run`` prints the resolved config and the scaling report only: for ``world_size``
+    processes when given (no process is started), else for this launch's."""
+    if dry_run and world_size is not None:
+        print(to_yaml(cfg) + scaling_report(Schedule(cfg, world_size), cfg), flush=True)
+        return 0
     rt = setup_runtime(cfg.train.device, cfg.train.precision, timeout_s=cfg.train.collective_timeout_s)
     schedule = Schedule(cfg, rt.world_size)
     rt.log(to_yaml(cfg))

@@ -18,6 +18,7 @@ from torch import nn
 from asr.cli import main
 from asr.config import load_config
 from asr.ema import EMATeacher
+from asr.optim import apply_values, build_optimizer, optimizer_step
 from asr.scaling import (
     DataClock,
     OptimizerParams,
@@ -398,20 +399,40 @@ class Parabolas(nn.Module):
         self.theta = nn.Parameter(torch.ones(runs))
 
 
-def sample_parabola_ema(lr: float, rho: float, batch: float, steps: int, every: int, runs: int = 16384,
+def parabola_config(kappa: float, ema_rule: str):
+    """The trainer's config of the parabola run at ``kappa``: SGD at LR and the teacher at RHO at
+    the reference batch, constant lr, kappa from the batch (one rank, no accumulation)."""
+    reference_seconds = 60.0
+    return load_config(None, [
+        "optim.name=sgd", f"optim.lr={LR}", "optim.momentum=0", "optim.grad_clip=0", f"ema.rho={RHO}",
+        f"scaling.ema_rule={ema_rule}", f"scaling.reference_seconds={reference_seconds}",
+        f"data.max_batch_seconds={kappa * reference_seconds}", f"data.max_duration={kappa * reference_seconds}",
+        "schedule.total_hours=1000", "schedule.warmup_hours=0", "schedule.decay=constant",
+    ])
+
+
+def sample_parabola_ema(kappa: float, ema_rule: str, steps: int, every: int, runs: int = 16384,
                         seed: int = 0) -> dict[int, tuple[float, float]]:
-    """Sampled (mean, variance) of the EMA teacher every ``every`` steps (keyed by step)."""
+    """Sampled (mean, variance) of the EMA teacher every ``every`` steps (keyed by step), through
+    the trainer's own path: its config, the schedule's values at each step, the optimizer built
+    and updated by asr.optim, and the EMA teacher updated with the schedule's rho."""
+    cfg = parabola_config(kappa, ema_rule)
+    schedule = Schedule(cfg, world_size=1)
     generator = torch.Generator().manual_seed(seed)
     model = Parabolas(runs)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = build_optimizer(cfg.optim.name, model.parameters(), schedule.at(0).values, torch.device("cpu"))
     teacher = EMATeacher(model)
+    batch = BATCH * schedule.at(0).values.kappa
+    finite = torch.zeros(())
     out = {}
     for step in range(1, steps + 1):
+        point = schedule.at(step - 1)
+        apply_values(optimizer, point.values, point.lr)
         theta = model.theta.detach()
         sigma = torch.sqrt((B_NOISE * (A * theta) ** 2 + C_NOISE) / batch)
         model.theta.grad = A * theta + sigma * torch.randn(runs, generator=generator)
-        optimizer.step()
-        teacher.update(model, rho)
+        optimizer_step(optimizer, finite)
+        teacher.update(model, point.values.rho)
         if step % every == 0:
             ema = teacher.module.theta
             out[step] = (ema.mean().item(), ema.var().item())
@@ -424,8 +445,8 @@ def test_ema_scaling_rule_with_torch_sgd_and_the_ema_teacher(kappa):
     reference = parabola_ema_moments(LR, RHO, BATCH, REFERENCE_STEPS)  # exact: no sampling error
     steps = round(REFERENCE_STEPS / kappa)
     every = round(COMPARE_EVERY / kappa)
-    with_rule = sample_parabola_ema(*scaled_sgd_ema(kappa, "power"), BATCH * kappa, steps, every)
-    rho_fixed = sample_parabola_ema(*scaled_sgd_ema(kappa, "none"), BATCH * kappa, steps, every)
+    with_rule = sample_parabola_ema(kappa, "power", steps, every)
+    rho_fixed = sample_parabola_ema(kappa, "none", steps, every)
 
     mean_gap, var_gap = drift_from_reference(with_rule, kappa, reference)
     assert mean_gap < 0.03 and var_gap < 0.08  # the exact bound plus ~1-3% sampling error
@@ -542,3 +563,21 @@ def test_progressive_lr_follows_the_data_hours_schedule_at_every_step():
     # the first stage change (step 15), 480 s after it
     assert factors[14] - factors[13] == pytest.approx(240 / 3600 / 2)
     assert factors[15] - factors[14] == pytest.approx(480 / 3600 / 2)
+
+
+@pytest.mark.parametrize(("gpus", "kappa", "betas"), [
+    (1, 0.125, "0.9875, 0.9975"), (2, 0.25, "0.975, 0.995"), (4, 0.5, "0.95, 0.99"), (8, 1, "0.9, 0.98"),
+    (16, 2, "0.8, 0.96"), (64, 8, "0.2, 0.84"),
+])
+def test_dry_run_of_the_paper_config_prints_valid_values_at_every_gpu_count(gpus, kappa, betas, capsys):
+    assert main(["train", "--config", "configs/librispeech_paper.yaml", "--dry-run", "--world-size", str(gpus)]) == 0
+    report = capsys.readouterr().out
+    assert f"kappa = {kappa:.4g};" in report and f"| 0.9, 0.98      | {betas}" in report
+
+
+def test_dry_run_refuses_a_kappa_whose_adam_beta_leaves_the_rules_range(capsys):
+    """128 GPUs are kappa 16 for the paper config: beta1 = 1 - 16 (1 - 0.9) < 0 is refused by
+    default, naming the value, the kappa and the limit."""
+    assert main(["train", "--config", "configs/librispeech_paper.yaml", "--dry-run", "--world-size", "128"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.betas[0]=0.9 scaled at kappa=16 gives -0.6" in err and "kappa <= 1 / (1 - beta) = 10" in err

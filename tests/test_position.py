@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asr.model.position import ConvPositionalEmbedding, fast_fft_length, grouped_conv1d_fft
+from asr.fft import fast_fft_length
+from asr.model.position import ConvPositionalEmbedding, grouped_conv1d_fft
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from asr.data.manifest import (
     combine_manifests,
     format_summary,
     remove_killed_runs_files,
+    write_split_manifest,
 )
 from asr.fileio import CountProgress, parallel_map, write_atomic
 from asr.text.normalize import normalize_librispeech
@@ -411,15 +411,7 @@ def write_split(split: str, utts: Sequence[Utterance], out: str | Path, *, sampl
     summary.skipped.sort(key=lambda s: (s["reason"], s["id"]))
     if not any(audio_dir.iterdir()):
         audio_dir.rmdir()
-    manifest_dir = out / "manifests"
-    manifest_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(manifest_dir / f"{split}.jsonl", "".join(line + "\n" for line in lines))
-    write_atomic(manifest_dir / f"{split}.summary.json", json.dumps(summary.to_json(), indent=1) + "\n")
-    for s in summary.skipped[:20]:
-        print(f"prepare {split}: skipped {s['id']}: {s['reason']} ({s['detail']})", file=sys.stderr)
-    if len(summary.skipped) > 20:
-        print(f"prepare {split}: ... {len(summary.skipped) - 20} more skipped, see "
-              f"{manifest_dir / (split + '.summary.json')}", file=sys.stderr)
+    write_split_manifest(out, split, lines, summary)
     return summary
 
 

@@ -237,6 +237,13 @@ def prepare_split(
         summary.seconds += facts["duration"]
     summary.skipped.sort(key=lambda s: (s["reason"], s["id"]))
 
+    write_split_manifest(out_dir, split, lines, summary)
+    return summary
+
+
+def write_split_manifest(out_dir: Path, split: str, lines: list[str], summary: SplitSummary) -> None:
+    """``out_dir/manifests/<split>.jsonl`` and its summary, each written atomically, and the
+    first skipped entries on stderr (all of them are in the summary)."""
     manifest_dir = out_dir / "manifests"
     manifest_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(manifest_dir / f"{split}.jsonl", "".join(line + "\n" for line in lines))
@@ -246,7 +253,6 @@ def prepare_split(
     if len(summary.skipped) > 20:
         print(f"prepare {split}: ... {len(summary.skipped) - 20} more skipped, see "
               f"{manifest_dir / (split + '.summary.json')}", file=sys.stderr)
-    return summary
 
 
 def remove_killed_runs_files(out: str | Path) -> None:

@@ -53,6 +53,7 @@ import numpy as np
 import soundfile as sf
 
 from asr.data.synth_text import Sentence, load_sentences, split_pools
+from asr.fft import fast_fft_length
 from asr.fileio import atomic_path, parallel_map, resolve_jobs, write_atomic
 
 SAMPLE_RATE = 16000
@@ -348,25 +349,11 @@ def _room_impulse_response(rt60_s: float, direct_to_reverb_db: float,
     return tail.astype(np.float32)
 
 
-def _fast_fft_length(n: int) -> int:
-    """The smallest 2^a 3^b 5^c >= n: FFTs of such lengths are fast, of large primes slow."""
-    best = 1 << (n - 1).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            p = p35
-            while p < n:
-                p *= 2
-            best = min(best, p)
-            p35 *= 3
-        p5 *= 5
-    return best
 
 
 def _convolve(x: np.ndarray, h: np.ndarray) -> np.ndarray:
     """FFT convolution, cut to the length of x."""
-    n_fft = _fast_fft_length(len(x) + len(h) - 1)
+    n_fft = fast_fft_length(len(x) + len(h) - 1)
     return np.fft.irfft(np.fft.rfft(x, n_fft) * np.fft.rfft(h, n_fft), n_fft)[: len(x)]
 
 

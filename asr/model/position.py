@@ -14,12 +14,13 @@ Both schemes add a [B, T, d_model] term to the front-end output:
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from asr.fft import fast_fft_length
 
 POS_CONV_IMPLS = ("auto", "direct", "fft")
 """How the convolution is computed: ``auto`` is ``fft`` on CUDA and ``direct`` elsewhere."""
@@ -104,23 +105,6 @@ def grouped_conv1d_fft(x: Tensor, weight: Tensor, bias: Tensor | None, groups: i
     y_f = torch.einsum("bgif,goif->bgof", x_f, w_f).reshape(batch, out_channels, -1)
     y = torch.fft.irfft(y_f, n=n_fft)[..., :frames]
     return y if bias is None else y + bias[:, None]
-
-
-@functools.lru_cache(maxsize=512)
-def fast_fft_length(n: int) -> int:
-    """The smallest integer >= n whose only prime factors are 2, 3 and 5 (fast for cuFFT/pocketfft)."""
-    best = 1 << max(n - 1, 0).bit_length()  # a power of two always qualifies
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            candidate = p35
-            while candidate < n:
-                candidate *= 2
-            best = min(best, candidate)
-            p35 *= 3
-        p5 *= 5
-    return best
 
 
 class SinusoidalPositionalEmbedding(nn.Module):

@@ -25,6 +25,9 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from asr.scaling import EMARule, OnInvalid, OptimizerName, OptimizerRule
 
+PosConvImpl = Literal["auto", "direct", "fft"]
+"""How the model's positional convolution is computed (``model.pos_conv_impl``)."""
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
@@ -132,7 +135,7 @@ class ModelConfig:
     """Kernel, in encoder frames, of the convolutional positional embedding (``position=conv``)."""
     pos_conv_groups: int = 16
     """Groups of the convolutional positional embedding (d_model must divide by it)."""
-    pos_conv_impl: Literal["auto", "direct", "fft"] = "auto"
+    pos_conv_impl: PosConvImpl = "auto"
     """How the positional convolution is computed: ``auto`` (FFT on CUDA, where bf16 grouped
     convolutions have no tensor-core kernels; direct elsewhere), ``direct`` or ``fft``. The same
     parameters either way."""

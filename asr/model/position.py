@@ -15,14 +15,16 @@ Both schemes add a [B, T, d_model] term to the front-end output:
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asr.config import PosConvImpl
 from asr.fft import fast_fft_length
 
-POS_CONV_IMPLS = ("auto", "direct", "fft")
+POS_CONV_IMPLS: tuple[str, ...] = get_args(PosConvImpl)
 """How the convolution is computed: ``auto`` is ``fft`` on CUDA and ``direct`` elsewhere."""
 
 

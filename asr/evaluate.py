@@ -32,6 +32,7 @@ from asr.data.manifest import prepare_split, read_manifest
 from asr.data.shards import SplitIndex, load_index, read_audio
 from asr.decode import BeamDecoder, BeamOptions, greedy_decode
 from asr.model import build_model
+from asr.progress import Progress
 from asr.runtime import setup_runtime
 from asr.text.tokenizer import Tokenizer, tokenizer_from_dict
 from asr.wer import format_rate, score_corpus, word_errors
@@ -128,8 +129,9 @@ def length_sorted_batches(durations: np.ndarray, batch_seconds: float) -> list[n
 def decode_set(model: torch.nn.Module, features: LogMelFeatures, eval_set: EvalSet, tokenizer: Tokenizer,
                device: torch.device, *, rank: int = 0, world_size: int = 1, batch_seconds: float = 200.0,
                autocast_dtype: torch.dtype | None = None, beam: BeamDecoder | None = None,
-               num_workers: int = 1) -> dict[str, str]:
-    """Hypotheses for every utterance of ``eval_set`` (gathered on every rank when distributed)."""
+               num_workers: int = 1, show_progress: bool = False) -> dict[str, str]:
+    """Hypotheses for every utterance of ``eval_set`` (gathered on every rank when distributed);
+    ``show_progress`` reports this rank's decoded audio with rate and ETA."""
     was_training = model.training
     model.eval()
     batches = length_sorted_batches(eval_set.durations, batch_seconds)[rank::world_size]
@@ -138,6 +140,8 @@ def decode_set(model: torch.nn.Module, features: LogMelFeatures, eval_set: EvalS
     loader = DataLoader(_Batches(eval_set, batches), batch_size=None, num_workers=num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator())
     hyps: dict[str, str] = {}
+    progress = Progress(f"decode {eval_set.name}", float(sum(eval_set.durations[b].sum() for b in batches)),
+                        unit="s") if show_progress else None
     for members, waves, lengths in loader:
         waves, lengths = waves.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
         feats, feat_lengths = features(waves, lengths)
@@ -148,6 +152,10 @@ def decode_set(model: torch.nn.Module, features: LogMelFeatures, eval_set: EvalS
         else:
             texts = [tokenizer.decode(ids) for ids in greedy_decode(log_probs, out_lengths, tokenizer.blank_id)]
         hyps.update((eval_set.keys[i], text) for i, text in zip(members, texts, strict=True))
+        if progress is not None:
+            progress.update(float(eval_set.durations[list(members)].sum()))
+    if progress is not None:
+        progress.close()
     model.train(was_training)
     if world_size > 1:
         shards: list[dict[str, str] | None] = [None] * world_size
@@ -223,7 +231,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, *, splits: Sequence[str] |
         t0 = time.perf_counter()
         hyps = decode_set(model, features, eval_set, tokenizer, rt.device, rank=rt.rank,
                           world_size=rt.world_size, batch_seconds=batch_seconds or cfg.eval.batch_seconds,
-                          autocast_dtype=rt.autocast_dtype, beam=beam)
+                          autocast_dtype=rt.autocast_dtype, beam=beam, show_progress=rt.is_main)
         seconds = time.perf_counter() - t0
         if rt.is_main:
             score = score_corpus(dict(zip(eval_set.keys, eval_set.texts, strict=True)), hyps,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -147,18 +145,19 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], *, jobs: int,
 
 
 class CountProgress:
-    """``label: done/total`` on one stderr line, redrawn at most twice a second on a terminal
-    (a log file gets only the final count)."""
+    """A :func:`parallel_map` progress hook counting finished items: a tqdm bar on a terminal,
+    ``label: done/total files (pct), rate, ETA`` lines every 30 s and a closing line in a log
+    (:class:`asr.progress.Progress`)."""
 
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self._last = label, total, 0.0
-        self._live = sys.stderr.isatty()
+    def __init__(self, label: str, total: int, unit: str = "files") -> None:
+        from asr.progress import Progress
+
+        self._progress = Progress(label, total, unit=unit)
+        self._done = 0
 
     def update(self, done: int, result: Any = None) -> None:
-        now = time.monotonic()
-        if self._live and now - self._last >= 0.5:
-            self._last = now
-            print(f"\r{self.label}: {done}/{self.total}", end="", file=sys.stderr, flush=True)
+        self._progress.update(done - self._done)
+        self._done = done
 
     def close(self) -> None:
-        print(f"\r{self.label}: {self.total}/{self.total}", file=sys.stderr, flush=True)
+        self._progress.close()

@@ -467,9 +467,10 @@ def test_parallel_map_reports_every_result_to_its_progress_hook(jobs, ordered):
     assert progress.updates == list(enumerate(results, 1)) and progress.closed == 1
 
 
-def test_count_progress_prints_the_final_count_to_a_log(capsys):
+def test_count_progress_prints_the_count_and_rate_to_a_log(capsys):
     parallel_map(abs, [1, 2, 3], jobs=1, progress=CountProgress("probe", 3))
-    assert capsys.readouterr().err.endswith("probe: 3/3\n")
+    err = capsys.readouterr().err
+    assert err.startswith("probe: 3 files in ") and err.endswith("files/s)\n")
 
 
 def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):

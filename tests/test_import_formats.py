@@ -227,3 +227,25 @@ def test_audio_of_other_rates_and_channels_is_skipped_or_converted(tmp_path):
     assert np.abs(sf.read(entry["audio"], dtype="float32")[0] - samples).max() <= 1 / 32768 + 1e-6
     assert prepare("--corpus", folder, "--out", tmp_path / "out", "--resample") == 0
     assert [e["id"] for e in read_manifest(tmp_path / "out" / "manifests" / "k.jsonl")] == ["fast", "stereo"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_an_imported_kaldi_dir_trains_through_the_recipes_stages(tmp_path):
+    """A Kaldi directory goes through prepare, shard and tokenizer to `asr train`: two supervised
+    steps of a tiny model, a checkpoint, and a dev evaluation on the imported split."""
+    make_kaldi(tmp_path / "kaldi" / "train")
+    assert prepare("--corpus", tmp_path / "kaldi" / "train", "--name", "train", "--out", tmp_path / "data") == 0
+    assert main(["shard", "--manifests", str(tmp_path / "data" / "manifests"), "--out", str(tmp_path / "shards")]) == 0
+    assert main(["tokenizer", "--kind", "letters", "--out", str(tmp_path / "tok")]) == 0
+    step = 20.0
+    assert main(["train", f"data.shards_dir={tmp_path / 'shards'}", "data.train_split=train",
+                 "data.dev_splits=[train]", "pl.enabled=false", f"tokenizer.path={tmp_path / 'tok'}",
+                 f"train.exp_dir={tmp_path / 'exp'}", "train.device=cpu", "data.num_workers=0",
+                 f"data.max_batch_seconds={step}", f"data.max_duration={step}", f"scaling.reference_seconds={step}",
+                 "model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.ffn_dim=64",
+                 "model.pos_conv_kernel=8", "model.pos_conv_groups=4", "data.num_buckets=1",
+                 f"schedule.total_hours={2 * step / 3600}", "schedule.warmup_hours=0", "pl.start_hours=0",
+                 f"train.eval_every_hours={step / 3600}", "train.log_every_steps=1"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
+    assert any(r["kind"] == "dev_wer" and "student/train" in r for r in rows)

@@ -356,7 +356,10 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
                    help="one line per run: its legend name and exp_dir (several, comma-separated, for "
                         "a run continued with train.init_from)")
     p.add_argument("--out", type=Path, required=True, help="PNG file; the plotted points go beside it as .csv")
-    p.add_argument("--metric", choices=["loss", "dev_wer"], default=None, help="one panel only (default: both)")
+    from asr.plot import METRICS
+
+    p.add_argument("--metric", choices=METRICS, default=None,
+                   help="one panel only (default: every panel with something to show)")
     p.add_argument("--title", default=None, help="figure title")
 
 

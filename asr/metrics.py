@@ -32,7 +32,7 @@ class Meter:
         self.batches = self.pl_batches = self.steps = 0
         self.seconds = self.padded_seconds = 0.0
         self.pl_counts = torch.zeros(len(REASONS), device=self.device, dtype=torch.float64)
-        self.pl_errors = self.pl_words = 0
+        self.pl_errors = self.pl_words = self.pl_kept_errors = self.pl_kept_words = 0
 
     def add_loss(self, loss: torch.Tensor, unlabeled: bool, seconds: float, padded: float) -> None:
         if unlabeled:
@@ -53,22 +53,27 @@ class Meter:
         """``PseudoLabels.reason_counts``: summed on the device, read at the next flush."""
         self.pl_counts += reason_counts
 
-    def add_pl_wer(self, errors: int, words: int) -> None:
+    def add_pl_wer(self, errors: int, words: int, kept_errors: int, kept_words: int) -> None:
+        """Word errors and reference words of a batch's pseudo-labels against the held-out
+        truth: all of them (before the filters) and those the filters kept."""
         self.pl_errors += errors
         self.pl_words += words
+        self.pl_kept_errors += kept_errors
+        self.pl_kept_words += kept_words
 
     def flush(self) -> dict[str, float]:
         """Read the sums (the one host sync of a logging interval, and one all-reduce over the
         ranks) and start a new interval. Every rank calls it at the same steps."""
         host = [self.batches, self.pl_batches, self.seconds, self.padded_seconds, self.pl_errors,
-                self.pl_words]
+                self.pl_words, self.pl_kept_errors, self.pl_kept_words]
         sums = torch.cat([torch.stack([self.loss, self.pl_loss]),
                           torch.tensor(host, dtype=torch.float64, device=self.device), self.pl_counts])
         if self.world_size > 1:
             dist.all_reduce(sums)
         # the gradient norm and the skips come from all-reduced gradients: equal on every rank
         grad_norm, skipped, *values = torch.cat([torch.stack([self.grad_norm, self.skipped]), sums]).tolist()
-        loss, pl_loss, batches, pl_batches, seconds, padded_seconds, pl_errors, pl_words, *counts = values
+        (loss, pl_loss, batches, pl_batches, seconds, padded_seconds, pl_errors, pl_words, pl_kept_errors,
+         pl_kept_words, *counts) = values
         stats = {
             "loss": loss / batches if batches else float("nan"),  # nan: none in this interval
             "pl_loss": pl_loss / pl_batches if pl_batches else float("nan"),
@@ -76,7 +81,9 @@ class Meter:
             "batches": batches, "pl_batches": pl_batches,
             # the labels' fates, in intervals with pseudo-labeled batches
             **({f"pl_{reason}": n for reason, n in zip(REASONS, counts, strict=True)} if pl_batches else {}),
-            "pl_wer": pl_errors / pl_words if pl_words else float("nan"),
+            "pl_wer": pl_errors / pl_words if pl_words else float("nan"),  # before the filters
+            "pl_wer_kept": pl_kept_errors / pl_kept_words if pl_kept_words else float("nan"),
+            "pl_kept_share": counts[0] / sum(counts) if pl_batches and sum(counts) else float("nan"),
             "padding_waste": 1 - seconds / padded_seconds if padded_seconds else 0.0,
         }
         self.reset()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-METRICS = ("dev_wer", "loss")
+METRICS = ("dev_wer", "loss", "pl_wer")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
@@ -33,7 +33,7 @@ class Series:
     run: str
     name: str  # a metrics.jsonl key: "student/dev-clean", "teacher/dev-clean", "loss", "pl_loss"
     steps: tuple[int, ...]
-    hours: tuple[float, ...]  # exact audio hours seen (all ranks) at each step
+    hours: tuple[float, ...]  # data hours (the schedule's clock) at each step
     values: tuple[float, ...]
 
 
@@ -76,7 +76,8 @@ def read_metrics(exp_dirs: str | Path | Sequence[str | Path]) -> list[dict[str, 
 
 def run_series(run: str, rows: Sequence[dict[str, Any]], metric: str) -> list[Series]:
     """The lines of one run for ``metric``: ``dev_wer`` (student and teacher on the first dev
-    split) or ``loss`` (labeled and pseudo-labeled CTC loss); lines without a point are left out."""
+    split), ``loss`` (labeled and pseudo-labeled CTC loss) or ``pl_wer`` (the pseudo-labels' WER %
+    against held-out truth, before and after the filters); lines without a point are left out."""
     if metric == "dev_wer":
         kind_rows = [row for row in rows if row["kind"] == "dev_wer"]
         student = next((key for row in kind_rows for key in row if key.startswith("student/")), None)
@@ -84,11 +85,15 @@ def run_series(run: str, rows: Sequence[dict[str, Any]], metric: str) -> list[Se
     elif metric == "loss":
         kind_rows = [row for row in rows if row["kind"] == "train"]
         names = ["loss", "pl_loss"]
+    elif metric == "pl_wer":
+        kind_rows = [row for row in rows if row["kind"] == "train"]
+        names = ["pl_wer", "pl_wer_kept"]
     else:
         raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
     series = []
     for name in names:
-        points = [(int(row["step"]), float(row["hours"]), float(row[name]))
+        scale = 100.0 if metric == "pl_wer" else 1.0  # a fraction in the log, a percentage here
+        points = [(int(row["step"]), float(row["hours"]), scale * float(row[name]))
                   for row in kind_rows if _plottable(metric, row.get(name))]
         if points:
             steps, hours, values = zip(*points, strict=True)
@@ -128,21 +133,27 @@ def plot_runs(runs: Sequence[tuple[str, str | Path | Sequence[str | Path]]], out
     if not any(panels.values()):
         raise ValueError(f"nothing to plot: no {' or '.join(metrics)} values in the metrics.jsonl "
                          f"of {', '.join(names)}")
+    if metric is None:  # the default panels: those with something to show
+        metrics = [m for m in metrics if panels[m]]
 
     colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
     fig = Figure(figsize=(6.4 * len(metrics), 4.8), layout="constrained")
     for ax, m in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True):
         for s in panels[m]:
-            dashed = s.name.startswith("teacher/") or s.name == "pl_loss"
+            dashed = s.name.startswith("teacher/") or s.name in ("pl_loss", "pl_wer_kept")
             ax.plot(s.hours, s.values, color=colors[s.run], linestyle="--" if dashed else "-",
                     marker="o" if m == "dev_wer" else None, markersize=3, linewidth=1.4)
-        ax.set_xlabel("audio seen (hours)")
+        ax.set_xlabel("data seen (hours)")
         ax.grid(alpha=0.3)
         if m == "dev_wer":
             split = next((s.name.split("/", 1)[1] for s in panels[m]), "dev")
             ax.set_ylabel(f"WER % on {split}")
             ax.set_ylim(bottom=0)
             styles = [("student", "-"), ("EMA teacher", "--")]
+        elif m == "pl_wer":
+            ax.set_ylabel("pseudo-label WER % vs held-out truth")
+            ax.set_ylim(bottom=0)
+            styles = [("all labels", "-"), ("kept by the filters", "--")]
         else:
             ax.set_ylabel("training CTC loss per utterance")
             ax.set_yscale("log")

@@ -151,3 +151,19 @@ def test_invalid_metrics_line_names_file_and_line(tmp_path):
         f.write('{"kind": "train", "step": 2\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON object"):
         read_metrics([run])
+
+
+def test_pseudo_label_wer_before_and_after_the_filters_is_a_panel_in_percent(tmp_path):
+    """A run on the synthetic corpus logs its pseudo-labels' WER against the held-out truth, of
+    all labels and of those kept: the third panel, in percent; intervals without pseudo-labels
+    (null) are left out."""
+    run = _write_metrics(tmp_path / "pl", [
+        _train(1, 0.1, 300.0) | {"pl_wer": None, "pl_wer_kept": None},
+        _train(2, 0.2, None, pl_loss=40.0) | {"pl_wer": 0.5, "pl_wer_kept": 0.25},
+        _train(3, 0.3, None, pl_loss=30.0) | {"pl_wer": 0.4, "pl_wer_kept": 0.2},
+    ])
+    out = tmp_path / "curves.png"
+    plot_runs([("pseudo-labeled", run)], out)
+    pl = [(r["series"], int(r["step"]), float(r["value"])) for r in _csv_rows(out.with_suffix(".csv"))
+          if r["series"].startswith("pl_wer")]
+    assert pl == [("pl_wer", 2, 50.0), ("pl_wer", 3, 40.0), ("pl_wer_kept", 2, 25.0), ("pl_wer_kept", 3, 20.0)]

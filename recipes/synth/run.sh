@@ -16,7 +16,8 @@
 #   5 supervised-only continuation     asr train, from the warm start         $exp/supervised/.done
 #   6 pseudo-labeled continuation      asr train, from the warm start, PL on  $exp/pseudo_label/.done
 #   7 evaluate students and teacher    asr eval                               $exp/eval/.done
-#   8 the WER table                    asr results                            $exp/.results.done
+#   8 the WER table, and curves.png    asr plot, asr results                  $exp/.results.done
+#     (dev WER of student and teacher, training loss and the pseudo-labels' WER against data hours)
 set -euo pipefail
 
 stage=0
@@ -98,6 +99,8 @@ fi
 
 if run_stage 8 "$exp/.results.done"; then
   log "Stage 8: results"
+  python -m asr plot --runs "supervised only=$exp/warm,$exp/supervised" "pseudo-labeled=$exp/warm,$exp/pseudo_label" \
+    --out "$exp/curves.png" --title "synthetic demo ($size): supervised only vs pseudo-labeled" > /dev/null
   python -m asr results "$exp/eval/supervised-student" "$exp/eval/pl-student" "$exp/eval/pl-teacher" \
     --out "$exp/RESULTS.md"
   mark_done "$exp/.results.done"

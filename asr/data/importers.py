@@ -168,8 +168,8 @@ def _resolve(path_text: str, base: Path) -> Path:
     root), else relative to ``base`` (the data folder)."""
     path = Path(path_text)
     if path.is_absolute() or path.exists():
-        return path.absolute()
-    return (base / path).absolute()
+        return path.resolve()
+    return (base / path).resolve()
 
 
 def read_kaldi_dir(folder: str | Path) -> list[Utterance]:
@@ -269,7 +269,7 @@ def read_nemo_manifest(path: str | Path) -> list[Utterance]:
 
 def _resolve_nemo(path_text: str, base: Path) -> Path:
     path = Path(path_text)
-    return path if path.is_absolute() else (base / path).absolute()
+    return (path if path.is_absolute() else base / path).resolve()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def write_split(split: str, utts: Sequence[Utterance], out: str | Path, *, sampl
         else:
             seen.add(utt.id)
             kept.append((utt, text))
-    audio_dir = (out / "audio" / split).absolute()
+    audio_dir = (out / "audio" / split).resolve()
     audio_dir.mkdir(parents=True, exist_ok=True)
     jobs_list = [_Job(u, sample_rate, resample, str(audio_dir / f"{u.id}.flac")) for u, _ in kept]
     results = parallel_map(_probe, jobs_list, jobs=jobs, progress=CountProgress(f"prepare {split}", len(jobs_list)))

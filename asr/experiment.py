@@ -1,4 +1,5 @@
-"""The experiment folder: the splits a run reads, what it continues from, its tokenizer.
+"""The experiment folder: the splits a run reads and its streams over them, what it continues
+from, its tokenizer.
 
 A run is bound to ``train.exp_dir``: its resolved config, tokenizer, checkpoints and logs live
 there, and re-running the same command continues from its last checkpoint. The folder belongs
@@ -21,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from asr.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
 from asr.config import DataConfig, TokenizerConfig
+from asr.data.loader import BatchLoader
 from asr.data.shards import SplitIndex, load_index
 from asr.runtime import Runtime
-from asr.state import check_payload
+from asr.state import TrainState, check_payload
 from asr.text.tokenizer import Tokenizer, build_tokenizer, load_tokenizer
 
 
@@ -183,3 +185,22 @@ def check_compatible(saved: DictConfig, cfg: DictConfig) -> None:
         if diff:
             raise ValueError(f"cannot resume: {section} differs from the checkpoint's config: "
                              + ", ".join(f"{section}.{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items())))
+
+
+def make_loaders(cfg: DictConfig, splits: dict[str, SplitIndex], state: TrainState, rt: Runtime,
+                 text_ok: Any = None) -> tuple[BatchLoader, BatchLoader | None]:
+    """This rank's labeled and unlabeled streams, from the global data positions; what the
+    duration filter drops is reported with counts."""
+    args = {"rank": rt.rank, "world_size": rt.world_size, "pin_memory": rt.device.type == "cuda"}
+    labeled = BatchLoader.from_config(splits[cfg.data.train_split], cfg.data, start=state.labeled,
+                                      text_ok=text_ok, **args)
+    unlabeled = None
+    if cfg.pl.enabled:
+        unlabeled = BatchLoader.from_config(splits[cfg.data.unlabeled_split], cfg.data,
+                                            start=state.unlabeled, **args)
+    for loader in (labeled, unlabeled) if unlabeled else (labeled,):
+        rt.log(f"data: {loader.index.split} {loader.hours_per_epoch:.2f} h an epoch, "
+               f"{len(loader.index) - loader.dropped_utterances} of {len(loader.index)} utterances"
+               + (f" ({loader.dropped_utterances} outside data.min_duration={cfg.data.min_duration:g} s .. "
+                  f"data.max_duration={cfg.data.max_duration:g} s dropped)" if loader.dropped_utterances else ""))
+    return labeled, unlabeled

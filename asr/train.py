@@ -44,6 +44,7 @@ from asr.experiment import (
     check_transcripts,
     checkpoint_to_continue,
     load_splits,
+    make_loaders,
     prepare_tokenizer,
 )
 from asr.metrics import Meter, RunLog
@@ -246,25 +247,6 @@ def resume(parts: StepParts, payload: dict[str, Any], cfg: DictConfig, schedule:
     if parts.teacher is not None and cfg.pl.enabled and state.step >= schedule.steps.pl_start:
         parts.model.set_dropout(*pl_dropout(cfg))
     return values
-
-
-def make_loaders(cfg: DictConfig, splits: dict[str, SplitIndex], state: TrainState, rt: Runtime,
-                 text_ok: Any = None) -> tuple[BatchLoader, BatchLoader | None]:
-    """This rank's labeled and unlabeled streams, from the global data positions; what the
-    duration filter drops is reported with counts."""
-    args = {"rank": rt.rank, "world_size": rt.world_size, "pin_memory": rt.device.type == "cuda"}
-    labeled = BatchLoader.from_config(splits[cfg.data.train_split], cfg.data, start=state.labeled,
-                                      text_ok=text_ok, **args)
-    unlabeled = None
-    if cfg.pl.enabled:
-        unlabeled = BatchLoader.from_config(splits[cfg.data.unlabeled_split], cfg.data,
-                                            start=state.unlabeled, **args)
-    for loader in (labeled, unlabeled) if unlabeled else (labeled,):
-        rt.log(f"data: {loader.index.split} {loader.hours_per_epoch:.2f} h an epoch, "
-               f"{len(loader.index) - loader.dropped_utterances} of {len(loader.index)} utterances"
-               + (f" ({loader.dropped_utterances} outside data.min_duration={cfg.data.min_duration:g} s .. "
-                  f"data.max_duration={cfg.data.max_duration:g} s dropped)" if loader.dropped_utterances else ""))
-    return labeled, unlabeled
 
 
 # ----------------------------------------------------------------------------------------------

@@ -218,9 +218,7 @@ def _add_weights_args(p: argparse.ArgumentParser) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from asr.evaluate import evaluate_checkpoint
-    from asr.transcribe import load_inference_model
 
-    load_inference_model(args.checkpoint, args.weights, args.average_last)  # a bad file: one clear line
     evaluate_checkpoint(
         args.checkpoint, args.data, splits=args.split, weights=args.weights,
         average_last=args.average_last, decoder=args.decoder, beam_size=args.beam_size,

@@ -9,7 +9,9 @@ the index), a manifest, or a LibriSpeech folder (scanned with ``asr prepare``'s 
 from __future__ import annotations
 
 import json
+import pickle
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,8 +182,27 @@ def dev_wer(model: torch.nn.Module, features: LogMelFeatures, index: SplitIndex,
 # asr eval
 
 
-def load_model_for_eval(checkpoint: Path, weights: str, average_last: int) -> tuple[torch.nn.Module, Tokenizer, dict]:
-    """Build the model of a checkpoint with its student or teacher weights (optionally averaged)."""
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint of this project."""
+
+
+def load_model_for_eval(checkpoint: Path, weights: str = "student",
+                        average_last: int = 1) -> tuple[torch.nn.Module, Tokenizer, dict]:
+    """Build the model of a checkpoint with its student or teacher weights (optionally averaged).
+
+    A corrupt or foreign file is one clear :class:`CheckpointError` (a missing file stays
+    FileNotFoundError): ``asr eval``, ``asr transcribe`` and ``asr export`` all load through here.
+    """
+    try:
+        return _load_model_for_eval(Path(checkpoint), weights, average_last)
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, TypeError, AttributeError,
+            RuntimeError) as err:  # RuntimeError: torch.load of a non-torch file, or a shape mismatch
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{checkpoint}: not a readable asr checkpoint ({type(err).__name__}: "
+                              f"{first_line})") from None
+
+
+def _load_model_for_eval(checkpoint: Path, weights: str, average_last: int) -> tuple[torch.nn.Module, Tokenizer, dict]:
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
     cfg = config_from_dict(payload["config"])

@@ -149,14 +149,14 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, *, weights: str = "studen
                       formats: tuple[str, ...] = FORMATS, opset: int = 18,
                       tolerance: float = TOLERANCE) -> ExportReport:
     """Write the export folder; raise if a file's outputs differ from eager by more than ``tolerance``."""
-    from asr.transcribe import load_inference_model
+    from asr.evaluate import load_model_for_eval
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"--formats {' '.join(unknown)}: allowed values are {', '.join(FORMATS)}")
     if "onnx" in formats:
         _require_onnx()
-    model, tokenizer, info = load_inference_model(checkpoint, weights, average_last)
+    model, tokenizer, info = load_model_for_eval(checkpoint, weights, average_last)
     cfg = info["config"]
     reference = WaveformCTC(LogMelFeatures.from_config(cfg.features), model).eval()
     module = WaveformCTC(exportable_features(reference.features), model).eval()

@@ -15,9 +15,7 @@ subsampling, and its confidence is the mean posterior of its tokens' frames.
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from torch import Tensor
 from asr.data.audio import resample
 from asr.data.features import LogMelFeatures
 from asr.decode import BeamDecoder, BeamOptions, greedy_decode
+from asr.evaluate import load_model_for_eval
 from asr.progress import Progress
 from asr.runtime import wants_cuda
 from asr.text.tokenizer import Tokenizer
@@ -39,25 +38,6 @@ OUTPUT_FORMATS = ("text", "kaldi", "json")
 GROUP_SECONDS = 1800.0  # audio read and decoded together: bounds memory on large folders
 QUIET_FRAME_SECONDS = 0.02
 SEARCH_SECONDS = 2.0  # how far before a chunk end the cut may move to a quieter spot
-
-
-class CheckpointError(ValueError):
-    """A file that is not a readable checkpoint of this project."""
-
-
-def load_inference_model(checkpoint: Path, weights: str = "student",
-                         average_last: int = 1) -> tuple[torch.nn.Module, Tokenizer, dict]:
-    """:func:`asr.evaluate.load_model_for_eval`, with a corrupt or foreign file as one clear
-    :class:`CheckpointError` (a missing file stays FileNotFoundError)."""
-    from asr.evaluate import load_model_for_eval
-
-    try:
-        return load_model_for_eval(Path(checkpoint), weights, average_last)
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, TypeError, AttributeError,
-            RuntimeError) as err:  # RuntimeError: torch.load of a non-torch file, or a shape mismatch
-        first_line = (str(err).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{checkpoint}: not a readable asr checkpoint ({type(err).__name__}: "
-                              f"{first_line})") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,7 +178,7 @@ class Transcriber:
                  device: str = "auto", decoder: str = "greedy", beam_size: int = 50,
                  lexicon: Path | None = None, lm: Path | None = None, lm_weight: float = 2.0,
                  word_score: float = 0.0) -> None:
-        model, self.tokenizer, info = load_inference_model(checkpoint, weights, average_last)
+        model, self.tokenizer, info = load_model_for_eval(checkpoint, weights, average_last)
         cfg = info["config"]
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -98,12 +98,18 @@ def training_payload(model: torch.nn.Module, teacher: Any, optimizer: torch.opti
     }
 
 
+def saved_schedule(payload: dict[str, Any], state: TrainState) -> Schedule | None:
+    """The schedule a checkpoint's steps ran on: its config at the world size it last recorded
+    (None before its first step)."""
+    if not state.kappa_history:
+        return None
+    return Schedule(config_from_dict(payload["config"]), int(state.kappa_history[-1]["world_size"]))
+
+
 def continued_step(payload: dict[str, Any], state: TrainState, schedule: Schedule) -> int:
     """The checkpoint's step counted at this run's batch: the same data hours seen."""
-    if not state.kappa_history:
-        return state.step
-    saved = Schedule(config_from_dict(payload["config"]), int(state.kappa_history[-1]["world_size"]))
-    return schedule.resume_step(saved, state.step)
+    saved = saved_schedule(payload, state)
+    return state.step if saved is None else schedule.resume_step(saved, state.step)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

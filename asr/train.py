@@ -59,6 +59,7 @@ from asr.state import (
     kappa_record,
     rng_state,
     same_scale,
+    saved_schedule,
     set_rng_state,
     training_payload,
 )
@@ -237,10 +238,10 @@ def resume(parts: StepParts, payload: dict[str, Any], cfg: DictConfig, schedule:
     if not own:
         state.best_dev_wer = float("inf")  # a new run: its own best
     values = schedule.at(state.step).values
-    if state.kappa_history:  # the checkpoint's steps ran at the batch it last recorded
-        saved = Schedule(config_from_dict(payload["config"]), int(state.kappa_history[-1]["world_size"]))
+    saved = saved_schedule(payload, state)  # the checkpoint's steps ran at the batch it last recorded
+    if saved is not None:
         saved_values = saved.at(max(state.step - 1, 0)).values
-        state.step = continued_step(payload, state, schedule)
+        state.step = schedule.resume_step(saved, state.step)
         values = schedule.at(state.step).values
         if values.kappa != saved_values.kappa:  # the optimizer state to what the new kappa would hold
             rescale_state(parts.optimizer, saved_values, values)

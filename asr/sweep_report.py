@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from asr.plot import read_metrics
+
 RUN_NAME = re.compile(r"^kappa(\d+)-(.+)-seed(\d+)$")
 TOLERANCE = 0.05
 """Relative distance from the kappa = 1 mean that still counts as the same dynamics."""
@@ -40,17 +42,6 @@ class Arm:
     @property
     def label(self) -> str:
         return "kappa 1 (reference)" if self.kappa == 1 else f"kappa {self.kappa}, {self.arm}"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a torn last line (a run killed mid-write) is left out."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def collect_runs(runs: Path) -> dict[Arm, dict[int, Path]]:
@@ -68,7 +59,7 @@ def collect_runs(runs: Path) -> dict[Arm, dict[int, Path]]:
 def curves(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Series of one run: (data hours, value %) for each dev WER and the pseudo-labels' WER."""
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for row in read_jsonl(folder / "metrics.jsonl"):
+    for row in read_metrics(folder):  # a resumed run's rows on the timeline it kept
         if row["kind"] == "dev_wer":
             for key, value in row.items():
                 if "/" in key and value is not None:

@@ -36,14 +36,13 @@ import torch
 from asr.config import load_config
 from asr.data.loader import Batch
 from asr.data.sampler import DataPosition, EpochPlan
-from asr.ema import EMATeacher
 from asr.metrics import Meter
 from asr.pseudo_label import make_pseudo_labels
 from asr.runtime import setup_runtime
 from asr.scaling import Schedule
 from asr.step import SkippedSteps, StepOptions, train_step
 from asr.text.tokenizer import LetterTokenizer
-from asr.train import build
+from asr.train import build, compiles, make_teacher
 
 SAMPLE_RATE = 16000
 
@@ -107,11 +106,9 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
     rt = setup_runtime("auto", "auto")
     torch.manual_seed(0)
     parts = build(cfg, rt, LetterTokenizer(), Schedule(cfg, 1))
-    if compile_mode != "none":
+    if compiles(cfg, rt):  # as asr train compiles, student and teacher alike
         parts.model.compile_blocks()
-    parts.teacher = EMATeacher(parts.model)
-    if compile_mode != "none":
-        parts.teacher.module.compile_blocks()
+    parts.teacher = make_teacher(parts, cfg)
     options = StepOptions(grad_clip=cfg.optim.grad_clip)
     meter, skipped = Meter(rt.device), SkippedSteps(rt.device)
     batches = [b.pin_memory() if rt.device.type == "cuda" else b for b in sampler_batches(seconds, 12)]

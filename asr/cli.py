@@ -172,12 +172,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "(default: this launch's WORLD_SIZE)")
 
 
-def _positive_int(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and int(text) > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def _run_train(args: argparse.Namespace) -> int:
     from asr.config import load_config
     from asr.train import train

@@ -49,7 +49,6 @@ class Runtime:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
-
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (one object all-gather; call on every rank)."""
         if self.world_size == 1:

@@ -16,6 +16,9 @@ import torch.distributed as dist
 
 from asr.pseudo_label import REASONS
 
+WALL_CLOCK_KEYS = ("audio_hours_per_hour", "data_wait_share")
+"""Rows' values that measure the machine, not the training: they differ between equal runs."""
+
 
 class Meter:
     """Sums of one logging interval; read over all ranks, so that the logged loss of a run on
@@ -33,6 +36,7 @@ class Meter:
         self.seconds = self.padded_seconds = 0.0
         self.pl_counts = torch.zeros(len(REASONS), device=self.device, dtype=torch.float64)
         self.pl_errors = self.pl_words = self.pl_kept_errors = self.pl_kept_words = 0
+        self.data_wait_s = 0.0  # this rank's host time blocked on its loaders
 
     def add_loss(self, loss: torch.Tensor, unlabeled: bool, seconds: float, padded: float) -> None:
         if unlabeled:
@@ -43,6 +47,11 @@ class Meter:
             self.batches += 1
         self.seconds += seconds
         self.padded_seconds += padded
+
+    def add_data_wait(self, seconds: float) -> None:
+        """Host time spent waiting for the next micro-batches: an upper bound on the time the
+        GPU sat idle for want of data (the host may wait while queued kernels still run)."""
+        self.data_wait_s += seconds
 
     def add_step(self, grad_norm: torch.Tensor, found_inf: torch.Tensor) -> None:
         self.grad_norm += torch.where(found_inf > 0, torch.zeros_like(grad_norm), grad_norm)
@@ -85,6 +94,7 @@ class Meter:
             "pl_wer_kept": pl_kept_errors / pl_kept_words if pl_kept_words else float("nan"),
             "pl_kept_share": counts[0] / sum(counts) if pl_batches and sum(counts) else float("nan"),
             "padding_waste": 1 - seconds / padded_seconds if padded_seconds else 0.0,
+            "data_wait_s": self.data_wait_s,
         }
         self.reset()
         return stats

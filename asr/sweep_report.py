@@ -88,12 +88,18 @@ def final_wers(eval_dir: Path, run_name: str) -> dict[str, float]:
 
 
 def verdict(arm_means: dict[str, float], reference: dict[str, list[float]]) -> str:
-    """Whether every final WER of an arm is inside the reference seeds' range or within 5%."""
+    """Whether every final WER of an arm is inside the reference seeds' range or within 5%.
+
+    No verdict without something to judge: a reference of fewer than two seeds has no band, and
+    an arm missing a final WER that the reference has is not judged on the rest."""
+    if not reference or min(len(v) for v in reference.values()) < 2:
+        return "no verdict: fewer than 2 finished kappa 1 seeds"
+    missing = sorted(set(reference) - set(arm_means))
+    if missing:
+        return "no verdict: no final " + ", ".join(missing)
     misses = []
-    for key, mean in arm_means.items():
-        ref = reference.get(key)
-        if not ref:
-            continue
+    for key, ref in reference.items():
+        mean = arm_means[key]
         low, high, ref_mean = min(ref), max(ref), float(np.mean(ref))
         if not (low <= mean <= high or abs(mean - ref_mean) <= TOLERANCE * ref_mean):
             misses.append(f"{key} {mean - ref_mean:+.1f} points")
@@ -117,7 +123,8 @@ def write_report(runs: Path, eval_dir: Path, out: Path, title: str = "") -> str:
 
     keys = sorted({k for per_seed in finals.values() for v in per_seed.values() for k in v})
     lines = [f"# {title or 'EMA scaling from scratch'}", "",
-             "Final dev WER % (asr eval, greedy), mean +- standard deviation over seeds.", "",
+             "Final dev WER % (asr eval, greedy), mean +- standard deviation over the seeds that "
+             "finished (seeds: finished of started).", "",
              "| run | seeds | " + " | ".join(keys) + " | verdict |",
              "| --- | ---: | " + " | ".join("---:" for _ in keys) + " | --- |"]
     for arm, per_seed in finals.items():
@@ -130,7 +137,8 @@ def write_report(runs: Path, eval_dir: Path, out: Path, title: str = "") -> str:
             else:
                 cells.append("-")
         judged = "reference" if arm == reference_arm else verdict(means, reference)
-        lines.append(f"| {arm.label} | {len(per_seed)} | " + " | ".join(cells) + f" | {judged} |")
+        finished = sum(1 for v in per_seed.values() if v)
+        lines.append(f"| {arm.label} | {finished} of {len(per_seed)} | " + " | ".join(cells) + f" | {judged} |")
     markdown = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown)

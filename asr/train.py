@@ -19,6 +19,7 @@ Failures (README, "What happens when things fail"): a signal saves and exits wit
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,9 @@ def loop(run: Run) -> bool:
         # split of kappa into ranks x accumulation
         use_unlabeled = point.pl_active and is_unlabeled_turn(state.updates, cfg.pl.unlabeled_per_labeled)
         stream = unlabeled if use_unlabeled else labeled
+        waiting_since = time.perf_counter()
         micro_batches = [next(stream) for _ in range(point.values.accum_steps)]
+        run.meter.add_data_wait(time.perf_counter() - waiting_since)
         if use_unlabeled:
             state.unlabeled = micro_batches[-1].position
         else:

@@ -29,6 +29,7 @@ class Progress:
         self.run, self.save = run, save
         self.t_start, self.step_at_start = time.perf_counter(), run.state.step
         self.audio_at_start = run.audio_hours()
+        self.t_last = self.t_start
 
     def log(self, point: SchedulePoint) -> bool:
         """Write the interval's line and row; False when the run must stop now."""
@@ -37,7 +38,9 @@ class Progress:
         run.bad.sync()
         state.bad_data = run.bad.state_dict()
         skipped = run.bad.skipped()
-        elapsed = time.perf_counter() - self.t_start
+        now = time.perf_counter()
+        elapsed, interval, self.t_last = now - self.t_start, now - self.t_last, now
+        data_wait = stats.pop("data_wait_s") / max(interval, 1e-9)
         hours, audio = run.schedule.hours_at(state.step), run.audio_hours()
         rate = (audio - self.audio_at_start) / max(elapsed / 3600, 1e-9)
         stop = run.schedule.stop_step
@@ -50,11 +53,12 @@ class Progress:
                    + f" | lr {lr:.2e} | kappa {run.values.kappa:g}"
                    + (f" | rho {run.values.rho:.5f}" if teacher else "")
                    + (f" | {skipped} bad utterances skipped" if skipped else "")
-                   + f" | {rate:.0f} audio-h/h | ETA {format_seconds(eta)}")
+                   + f" | {rate:.0f} audio-h/h | data wait {100 * data_wait:.1f}% | ETA {format_seconds(eta)}")
         if run.writer is not None:
             run.writer.write("train", state.step, hours, {
                 **stats, "audio_hours": audio, "lr": lr, "kappa": run.values.kappa,
                 "rho": run.values.rho if teacher else float("nan"), "audio_hours_per_hour": rate,
+                "data_wait_share": data_wait,
                 "skipped_utterances": skipped})
         run.bad.check()
         longest = run.skipped.read_longest()

@@ -98,8 +98,55 @@ def cuda_time(fn, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
+def profile_steps(step, first: int, count: int) -> dict:
+    """Where ``count`` steps' time goes, by the profiler: the GPU's busy share of the wall time
+    (kernel time over wall time: under 1 means the GPU waits for the host), kernel launches and
+    host-device synchronisations per step, and the costliest kernels and host operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for i in range(first, first + count):
+            step(i)
+        synchronize()
+        wall = time.perf_counter() - t0
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_s = sum(e.device_time_total for e in kernels) / 1e6  # us -> s
+    syncs = sum(1 for e in events if e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                 "cudaEventSynchronize"))
+    copies_to_host = sum(1 for e in events if e.name == "Memcpy DtoH (Device -> Pinned)"
+                         or e.name == "Memcpy DtoH (Device -> Pageable)")
+    averages = prof.key_averages()
+    top_kernels = sorted((a for a in averages if a.device_time_total > 0 and a.cpu_time_total == 0),
+                         key=lambda a: a.device_time_total, reverse=True)[:10]
+    top_host = sorted(averages, key=lambda a: a.self_cpu_time_total, reverse=True)[:10]
+    return {
+        "wall_ms_per_step": 1e3 * wall / count, "gpu_busy": kernel_s / wall,
+        "kernels_per_step": len(kernels) / count, "syncs_per_step": max(syncs - 1, 0) / count,
+        "copies_to_host_per_step": copies_to_host / count,
+        "top_kernels_ms_per_step": [(a.key[:80], a.device_time_total / 1e3 / count, a.count // count)
+                                    for a in top_kernels],
+        "top_host_ms_per_step": [(a.key[:80], a.self_cpu_time_total / 1e3 / count, a.count // count)
+                                 for a in top_host],
+    }
+
+
+def print_profile(label: str, p: dict) -> None:
+    print(f"#### Profile: {label}")
+    print(f"{p['wall_ms_per_step']:.1f} ms a step, GPU busy {100 * p['gpu_busy']:.0f}% of it, "
+          f"{p['kernels_per_step']:.0f} kernels, {p['syncs_per_step']:.1f} synchronisations and "
+          f"{p['copies_to_host_per_step']:.1f} copies to the host a step")
+    for title, rows in (("kernel", p["top_kernels_ms_per_step"]), ("host operator (self)", p["top_host_ms_per_step"])):
+        print(f"| {title} | ms a step | calls a step |\n| --- | ---: | ---: |")
+        for name, ms, calls in rows:
+            print(f"| `{name.replace('|', '/')}` | {ms:.2f} | {calls} |")
+    print(flush=True)
+
+
 def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: int, peak_tflops: float,
-            overrides: list[str]) -> dict:
+            overrides: list[str], profile: bool = False) -> dict:
     cfg = load_config(config, [*overrides, f"data.max_batch_seconds={seconds}",
                                f"data.max_duration={min(30.0, seconds)}", f"train.compile={compile_mode}",
                                f"scaling.reference_seconds={seconds}"])
@@ -148,6 +195,7 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
     synchronize()
     elapsed = time.perf_counter() - t0
     parts.model.encoder._blocks_to_run = decide
+    profiled = profile_steps(step, warmup + steps, 4) if profile else None
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else math.nan
 
     # the teacher's forward + greedy labels, as the pseudo-label step runs them
@@ -178,6 +226,7 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
         "model_tflops": flops / elapsed / 1e12, "mfu": flops / elapsed / 1e12 / peak_tflops,
         "peak_mem_gib": peak_mem, "first_steps_s": first_s,
         "teacher_labels_over_step": teacher_s / step_s, "ema_ms": 1e3 * ema_s, "ema_floor_ms": 1e3 * copy_s,
+        "profile": profiled,
     }
 
 
@@ -197,12 +246,14 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     parser.add_argument("--baseline", help="path of the plain PyTorch baseline script")
     parser.add_argument("--json", type=Path, help="write every row here too")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 4 steps of each row: GPU busy share, launches, syncs, top kernels")
     parser.add_argument("overrides", nargs="*", help="config overrides for every row")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks.train_step measures a GPU step; no CUDA device is visible")
 
-    rows = []
+    rows, profiles = [], []
     baseline = run_baseline(args.baseline, args.seconds, args.json.with_suffix(".baseline.json")
                             if args.json else Path("baseline.json")) if args.baseline else []
     print(f"## {torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
@@ -213,7 +264,8 @@ def main() -> None:
         for seconds in args.seconds:
             for mode in args.compile:
                 try:
-                    r = measure(config, seconds, mode, args.steps, args.warmup, args.peak_tflops, args.overrides)
+                    r = measure(config, seconds, mode, args.steps, args.warmup, args.peak_tflops, args.overrides,
+                                args.profile)
                 except torch.OutOfMemoryError:
                     print(f"| {config} | {mode} | {seconds:g} | out of memory |", flush=True)
                     torch.cuda.empty_cache()
@@ -227,6 +279,7 @@ def main() -> None:
                       f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.1f} | {r['vs_compiled_plain']:.2f}x | "
                       f"{r['teacher_labels_over_step']:.2f} | {r['ema_ms']:.2f} ({r['ema_floor_ms']:.2f}) |",
                       flush=True)
+                profiles.append((f"{config}, {seconds:g} s, {mode}", r["profile"]))
                 torch.cuda.empty_cache()
     if baseline:
         print("| plain baseline | mode | audio s/step | step ms | x real time | MFU | peak GiB |")
@@ -234,6 +287,9 @@ def main() -> None:
         for b in baseline:
             print(f"| plain | {b['mode']} | {b['audio_s_per_step']:.0f} | {b['step_ms']:.1f} | "
                   f"{b['x_real_time']:.0f} | {100 * b['mfu_vs_peak']:.1f}% | {b['peak_mem_gib']:.1f} |")
+    for label, p in profiles:
+        if p is not None:
+            print_profile(label, p)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "baseline": baseline}, indent=1))
 

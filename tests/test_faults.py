@@ -30,6 +30,7 @@ from asr.cli import main
 from asr.data.bad_data import TooMuchBadData
 from asr.data.sampler import EpochPlanner
 from asr.data.shards import build_index, load_index, save_index
+from asr.metrics import WALL_CLOCK_KEYS
 from asr.plot import read_metrics
 from asr.preemption import EXIT_PREEMPTED
 from asr.train import train
@@ -47,7 +48,7 @@ def last_state(exp_dir: Path) -> dict:
 
 def kept_rows(exp_dir: Path) -> list[dict]:
     """The train rows of the timeline kept (rows logged again after a resume replace the old)."""
-    return [{k: v for k, v in row.items() if k != "audio_hours_per_hour"}
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK_KEYS}
             for row in read_metrics(exp_dir) if row["kind"] == "train"]
 
 

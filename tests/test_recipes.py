@@ -411,6 +411,12 @@ def test_the_verdict_names_every_final_wer_outside_the_reference_band():
         "outside the kappa 1 band: teacher/dev-clean +5.0 points"
 
 
+def test_no_verdict_without_a_band_or_without_every_final_wer():
+    assert verdict({"student/dev-clean": 41.0}, {"student/dev-clean": [40.0]}).startswith("no verdict")
+    assert verdict({}, {"student/dev-clean": [40.0, 44.0]}) == "no verdict: no final student/dev-clean"
+    assert verdict({"student/dev-clean": 41.0}, {}).startswith("no verdict")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("espeak-ng", "sox")),
                     reason="the synthetic corpus needs espeak-ng and sox (recipes/setup.sh)")

@@ -16,6 +16,7 @@ from asr import scaling
 from asr.checkpoint import list_checkpoints, load_checkpoint
 from asr.cli import main
 from asr.ema import EMATeacher, unwrap_model
+from asr.metrics import WALL_CLOCK_KEYS
 from asr.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def train_rows(exp_dir: Path) -> list[dict]:
     """``metrics.jsonl`` rows of kind ``train``, without the wall-clock rate."""
     rows = [json.loads(line) for line in (exp_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "audio_hours_per_hour"} for row in rows if row["kind"] == "train"]
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK_KEYS} for row in rows if row["kind"] == "train"]
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

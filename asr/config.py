@@ -28,6 +28,9 @@ from asr.scaling import EMARule, OnInvalid, OptimizerName, OptimizerRule
 PosConvImpl = Literal["auto", "direct", "fft"]
 """How the model's positional convolution is computed (``model.pos_conv_impl``)."""
 
+AttentionKernels = Literal["auto", "torch", "flash_efficient"]
+"""Which fused attention kernels SDPA may use (``model.attention_kernels``)."""
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key in the message."""
@@ -139,6 +142,12 @@ class ModelConfig:
     """How the positional convolution is computed: ``auto`` (FFT on CUDA, where bf16 grouped
     convolutions have no tensor-core kernels; direct elsewhere), ``direct`` or ``fft``. The same
     parameters either way."""
+    attention_kernels: AttentionKernels = "auto"
+    """SDPA's kernels: ``torch`` lets PyTorch choose (cuDNN first on Hopper GPUs), and
+    ``flash_efficient`` allows only flash (unpadded batches) and memory-efficient attention.
+    ``auto`` is ``flash_efficient``: cuDNN's attention builds a plan for every new input shape,
+    and a sampler's batches rarely repeat one (docs/PERFORMANCE.md). The same function either
+    way."""
 
 
 @dataclass

@@ -181,7 +181,7 @@ def check_compatible(saved: DictConfig, cfg: DictConfig) -> None:
         old = OmegaConf.to_container(saved[section])
         new = OmegaConf.to_container(cfg[section])
         diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new)
-                if old.get(k) != new.get(k) and k not in ("dropout", "layerdrop", "path", "pos_conv_impl")}
+                if old.get(k) != new.get(k) and k not in ("dropout", "layerdrop", "path", "pos_conv_impl", "attention_kernels")}
         if diff:
             raise ValueError(f"cannot resume: {section} differs from the checkpoint's config: "
                              + ", ".join(f"{section}.{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items())))

@@ -7,7 +7,8 @@ Runs are named ``kappa{K}-{arm}-seed{S}`` (:func:`asr.sweep.plan_scratch`). For 
 arm) the seeds' dev WER curves of student and teacher, and the pseudo-labels' WER against the
 held-out transcripts, are drawn as the seed mean with the seeds' range shaded, against data
 hours (the schedule's clock, the same at every kappa). The table gives the final dev WERs of
-``asr eval`` (whole splits, greedy) as mean and standard deviation over seeds, and a verdict per
+each run's last dev evaluation (whole splits, greedy; or ``asr eval``'s, given ``--eval``) as mean
+and standard deviation over the seeds that finished, and a verdict per
 arm: the rule holds where, for student and teacher on every dev split, the arm's mean lies
 inside the kappa = 1 seeds' range or within 5% (relative) of their mean.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from asr.plot import read_metrics
 
@@ -76,15 +78,24 @@ def band(seed_curves: Sequence[tuple[np.ndarray, np.ndarray]], grid: np.ndarray)
         return np.stack([np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)])
 
 
-def final_wers(eval_dir: Path, run_name: str) -> dict[str, float]:
-    """``{"student/dev-clean": WER %, ...}`` from a run's ``asr eval`` summaries."""
+def final_wers(folder: Path, eval_dir: Path | None = None) -> dict[str, float]:
+    """``{"student/dev-clean": WER %, ...}`` of a finished run: its ``asr eval`` summaries in
+    ``eval_dir`` where they exist, else its own last dev evaluation (the same greedy scoring of
+    the whole splits) if that was made at the end of the schedule. An unfinished run has none."""
     out = {}
     for weights in ("student", "teacher"):
-        for summary in sorted((eval_dir / f"{run_name}-{weights}").glob("*/summary.json")):
+        summaries = (eval_dir / f"{folder.name}-{weights}").glob("*/summary.json") if eval_dir else []
+        for summary in sorted(summaries):
             data = json.loads(summary.read_text())
             if data.get("wer") is not None:
                 out[f"{weights}/{data['split']}"] = 100 * data["wer"]
-    return out
+    if out:
+        return out
+    dev_rows = [row for row in read_metrics(folder) if row["kind"] == "dev_wer"]
+    total_hours = OmegaConf.load(folder / "config.yaml").schedule.total_hours
+    if not dev_rows or dev_rows[-1]["hours"] < total_hours - 1e-9:
+        return {}
+    return {k: v for k, v in dev_rows[-1].items() if "/" in k and v is not None}
 
 
 def verdict(arm_means: dict[str, float], reference: dict[str, list[float]]) -> str:
@@ -108,11 +119,11 @@ def verdict(arm_means: dict[str, float], reference: dict[str, list[float]]) -> s
     return "outside the kappa 1 band: " + ", ".join(misses)
 
 
-def write_report(runs: Path, eval_dir: Path, out: Path, title: str = "") -> str:
+def write_report(runs: Path, eval_dir: Path | None, out: Path, title: str = "") -> str:
     """Write ``out``.png, .md and .csv; return the markdown."""
     arms = collect_runs(runs)
     all_curves = {arm: {seed: curves(folder) for seed, folder in seeds.items()} for arm, seeds in arms.items()}
-    finals = {arm: {seed: final_wers(eval_dir, folder.name) for seed, folder in seeds.items()}
+    finals = {arm: {seed: final_wers(folder, eval_dir) for seed, folder in seeds.items()}
               for arm, seeds in arms.items()}
     reference_arm = next((a for a in arms if a.kappa == 1), None)
     reference = defaultdict(list)
@@ -123,7 +134,7 @@ def write_report(runs: Path, eval_dir: Path, out: Path, title: str = "") -> str:
 
     keys = sorted({k for per_seed in finals.values() for v in per_seed.values() for k in v})
     lines = [f"# {title or 'EMA scaling from scratch'}", "",
-             "Final dev WER % (asr eval, greedy), mean +- standard deviation over the seeds that "
+             "Final dev WER % (whole dev splits, greedy), mean +- standard deviation over the seeds that "
              "finished (seeds: finished of started).", "",
              "| run | seeds | " + " | ".join(keys) + " | verdict |",
              "| --- | ---: | " + " | ".join("---:" for _ in keys) + " | --- |"]
@@ -201,7 +212,8 @@ def _plot(path: Path, all_curves: dict, reference_arm: Arm | None, title: str) -
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asr.sweep_report", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True, help="folder of kappa<K>-<arm>-seed<S> runs")
-    parser.add_argument("--eval", type=Path, required=True, help="folder of <run>-<student|teacher> asr eval outputs")
+    parser.add_argument("--eval", type=Path, help="folder of <run>-<student|teacher> asr eval outputs "
+                        "(default: each run's own last dev evaluation)")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.png, OUT.md and OUT.csv")
     parser.add_argument("--title", default="", help="title of the plot and the table")
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ Also timed: the teacher's forward + greedy labels against a student step, and th
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import subprocess
@@ -158,7 +159,7 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
     parts.teacher = make_teacher(parts, cfg)
     options = StepOptions(grad_clip=cfg.optim.grad_clip)
     meter, skipped = Meter(rt.device), SkippedSteps(rt.device)
-    batches = [b.pin_memory() if rt.device.type == "cuda" else b for b in sampler_batches(seconds, 12)]
+    batches = [b.pin_memory() if rt.device.type == "cuda" else b for b in sampler_batches(seconds, warmup + steps + 4)]
     blocks_run: list[int] = []  # LayerDrop's decisions, recorded outside any compiled region
     decide = parts.model.encoder._blocks_to_run
 
@@ -185,9 +186,9 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
     audio = padded = flops = 0.0
     blocks_before = 0
     t0 = time.perf_counter()
-    for i in range(steps):
+    for i in range(warmup, warmup + steps):  # every batch a shape not seen before, as in training
         step(i)
-        batch = batches[i % len(batches)]
+        batch = batches[i]
         audio += batch.seconds
         padded += batch.padded_seconds
         flops += step_flops(cfg, parts.model, parts.features, batch, len(blocks_run) - blocks_before)
@@ -195,7 +196,12 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
     synchronize()
     elapsed = time.perf_counter() - t0
     parts.model.encoder._blocks_to_run = decide
-    profiled = profile_steps(step, warmup + steps, 4) if profile else None
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):  # the same batches again: every shape seen before
+        step(i)
+    synchronize()
+    seen_s = (time.perf_counter() - t0) / steps
+    profiled = profile_steps(step, warmup + steps, 4) if profile else None  # new shapes
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else math.nan
 
     # the teacher's forward + greedy labels, as the pseudo-label step runs them
@@ -222,7 +228,7 @@ def measure(config: str, seconds: float, compile_mode: str, steps: int, warmup: 
     return {
         "config": config, "compile": compile_mode, "audio_s_per_step": audio / steps,
         "padded_s_per_step": padded / steps, "params_M": sum(p.numel() for p in parts.model.parameters()) / 1e6,
-        "step_ms": 1e3 * step_s, "x_real_time": audio / elapsed, "x_real_time_padded": padded / elapsed,
+        "step_ms": 1e3 * step_s, "step_ms_seen_shapes": 1e3 * seen_s, "x_real_time": audio / elapsed, "x_real_time_padded": padded / elapsed,
         "model_tflops": flops / elapsed / 1e12, "mfu": flops / elapsed / 1e12 / peak_tflops,
         "peak_mem_gib": peak_mem, "first_steps_s": first_s,
         "teacher_labels_over_step": teacher_s / step_s, "ema_ms": 1e3 * ema_s, "ema_floor_ms": 1e3 * copy_s,
@@ -241,6 +247,8 @@ def main() -> None:
     parser.add_argument("--config", action="append", required=True, help="a config (repeatable)")
     parser.add_argument("--seconds", type=float, nargs="+", default=[400.0, 800.0], help="audio per GPU step")
     parser.add_argument("--compile", nargs="+", default=["blocks", "none"], choices=["blocks", "none"])
+    parser.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "torch", "flash_efficient"],
+                        help="model.attention_kernels of each row")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
@@ -257,15 +265,15 @@ def main() -> None:
     baseline = run_baseline(args.baseline, args.seconds, args.json.with_suffix(".baseline.json")
                             if args.json else Path("baseline.json")) if args.baseline else []
     print(f"## {torch.cuda.get_device_name()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    print("| config | compile | audio s/step (real / padded) | step ms | x real time (real / padded) | MFU | "
+    print("| config | compile, attention | audio s/step (real / padded) | step ms (new / seen shapes) | x real time (real / padded) | MFU | "
           "peak GiB | vs compiled plain | teacher+labels / step | EMA ms (floor) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for config in args.config:
         for seconds in args.seconds:
-            for mode in args.compile:
+            for mode, kernels in itertools.product(args.compile, args.attention):
                 try:
-                    r = measure(config, seconds, mode, args.steps, args.warmup, args.peak_tflops, args.overrides,
-                                args.profile)
+                    r = measure(config, seconds, mode, args.steps, args.warmup, args.peak_tflops,
+                                [*args.overrides, f"model.attention_kernels={kernels}"], args.profile)
                 except torch.OutOfMemoryError:
                     print(f"| {config} | {mode} | {seconds:g} | out of memory |", flush=True)
                     torch.cuda.empty_cache()
@@ -274,12 +282,13 @@ def main() -> None:
                          and abs(b["params_M"] - r["params_M"]) / b["params_M"] < 0.05]  # same size only
                 r["vs_compiled_plain"] = r["x_real_time"] / plain[0]["x_real_time"] if plain else math.nan
                 rows.append(r)
-                print(f"| {config} | {mode} | {r['audio_s_per_step']:.0f} / {r['padded_s_per_step']:.0f} | "
-                      f"{r['step_ms']:.1f} | {r['x_real_time']:.0f} / {r['x_real_time_padded']:.0f} | "
+                r["attention_kernels"] = kernels
+                print(f"| {config} | {mode}, {kernels} | {r['audio_s_per_step']:.0f} / {r['padded_s_per_step']:.0f} | "
+                      f"{r['step_ms']:.1f} / {r['step_ms_seen_shapes']:.1f} | {r['x_real_time']:.0f} / {r['x_real_time_padded']:.0f} | "
                       f"{100 * r['mfu']:.1f}% | {r['peak_mem_gib']:.1f} | {r['vs_compiled_plain']:.2f}x | "
                       f"{r['teacher_labels_over_step']:.2f} | {r['ema_ms']:.2f} ({r['ema_floor_ms']:.2f}) |",
                       flush=True)
-                profiles.append((f"{config}, {seconds:g} s, {mode}", r["profile"]))
+                profiles.append((f"{config}, {seconds:g} s, {mode}, {kernels}", r["profile"]))
                 torch.cuda.empty_cache()
     if baseline:
         print("| plain baseline | mode | audio s/step | step ms | x real time | MFU | peak GiB |")

@@ -39,7 +39,7 @@ def build_model(cfg: Any, n_mels: int, vocab_size: int) -> CTCModel:
         layerdrop=cfg.layerdrop, norm_first=cfg.norm_first, position=cfg.position,
         pos_conv_kernel=cfg.pos_conv_kernel, pos_conv_groups=cfg.pos_conv_groups,
         conv_kernel=cfg.conv_kernel if cfg.conv_module else None,
-        pos_conv_impl=cfg.pos_conv_impl,
+        pos_conv_impl=cfg.pos_conv_impl, attention_kernels=cfg.attention_kernels,
     )
     frontend = build_frontend(cfg.frontend, n_mels, cfg.d_model)
     return CTCModel(frontend, encoder, cfg.d_model, vocab_size, cfg.dropout)

@@ -30,6 +30,7 @@ blocks) and leaves the skip decision in the eager loop, with the same draws as u
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import warnings
@@ -38,9 +39,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from asr.model.frontend import lengths_to_mask
 from asr.model.position import build_position
+
+_FLASH_EFFICIENT = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+ATTENTION_KERNELS: dict[str, list[SDPBackend] | None] = {
+    "auto": _FLASH_EFFICIENT, "flash_efficient": _FLASH_EFFICIENT, "torch": None}
+"""``model.attention_kernels`` -> the SDPA backends allowed (None: PyTorch's own choice, which
+puts cuDNN first on Hopper). The math kernel stays as the fallback of the CPU and of inputs
+that neither fused kernel takes."""
 
 
 class SelfAttention(nn.Module):
@@ -131,8 +140,13 @@ class Encoder(nn.Module):
     def __init__(self, d_model: int, num_layers: int, num_heads: int, ffn_dim: int,
                  dropout: float, attention_dropout: float, layerdrop: float, norm_first: bool,
                  position: str, pos_conv_kernel: int, pos_conv_groups: int,
-                 conv_kernel: int | None, pos_conv_impl: str = "auto") -> None:
+                 conv_kernel: int | None, pos_conv_impl: str = "auto",
+                 attention_kernels: str = "auto") -> None:
         super().__init__()
+        if attention_kernels not in ATTENTION_KERNELS:
+            raise ValueError(f"model.attention_kernels: got {attention_kernels!r}, allowed values are "
+                             f"{', '.join(ATTENTION_KERNELS)}")
+        self.attention_backends = ATTENTION_KERNELS[attention_kernels]
         self.position = build_position(position, d_model, pos_conv_kernel, pos_conv_groups, pos_conv_impl)
         # Post-LN blocks expect normalised input; pre-LN blocks normalise their own input and
         # leave the residual stream unnormalised, hence the LayerNorm at the other end.
@@ -192,9 +206,11 @@ class Encoder(nn.Module):
         pad_mask = lengths_to_mask(lengths, x.size(1))
         attn_mask = None if not padded and x.is_cuda else pad_mask[:, None, None, :]
         x = self.input_norm(self.position(x, pad_mask))
-        for layer, run in zip(self.layers, self._blocks_to_run(), strict=True):
-            if run:
-                x = self._block(layer, x, pad_mask, attn_mask)
+        backends = self.attention_backends
+        with sdpa_kernel(backends) if backends is not None else contextlib.nullcontext():
+            for layer, run in zip(self.layers, self._blocks_to_run(), strict=True):
+                if run:
+                    x = self._block(layer, x, pad_mask, attn_mask)
         return self.final_norm(x)
 
 

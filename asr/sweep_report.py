@@ -144,7 +144,8 @@ def write_report(runs: Path, eval_dir: Path | None, out: Path, title: str = "") 
             values = [v[key] for v in per_seed.values() if key in v]
             if values:
                 means[key] = float(np.mean(values))
-                cells.append(f"{means[key]:.2f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}")
+                cells.append(f"{means[key]:.2f} +- {np.std(values, ddof=1):.2f}" if len(values) > 1
+                             else f"{means[key]:.2f} (1 seed)")
             else:
                 cells.append("-")
         judged = "reference" if arm == reference_arm else verdict(means, reference)

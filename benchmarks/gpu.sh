@@ -17,7 +17,7 @@ python -m pytest -q -x tests/test_optim.py tests/test_features.py tests/test_ema
 
 echo "### Training step beside the plain baseline"
 python -m benchmarks.train_step --config configs/librispeech_paper.yaml --config configs/base.yaml \
-  --seconds 400 800 --baseline "$baseline" --json step.json
+  --seconds 400 800 --compile none --attention auto torch --profile --baseline "$baseline" --json step.json
 
 echo "### The model's parts"
 python -m benchmarks.model_parts --compile

@@ -7,8 +7,10 @@ The batches come from :class:`asr.data.sampler.EpochPlan` over LibriSpeech-shape
 (train-960's distribution: 12.3 s mean, 1-24.5 s), with random audio and transcripts of 15
 letters a second; the step is :func:`asr.step.train_step` on parts built by
 :func:`asr.train.build`, exactly as ``asr train`` runs it (bf16, fused optimizer, compiled
-encoder blocks unless ``--no-compile``). Reported per row: step time, real-audio and
-padded-audio x real time, peak memory, and MFU:
+encoder blocks with ``--compile blocks``). Every timed step is on a batch of a shape not seen
+before, as in training, and the same batches are then timed again (seen shapes): kernels that
+plan per shape (cuDNN's attention) differ between the two. Reported per row: step time,
+real-audio and padded-audio x real time, peak memory, and MFU:
 
     MFU = 3 x sum over the blocks actually run (LayerDrop's skipped ones are not work) and over
           the batch's utterances of (2 (4 d^2 + 2 d f) t + 4 d t^2) / step time / peak

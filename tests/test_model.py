@@ -75,6 +75,22 @@ def test_forward_returns_float32_log_probs_and_output_lengths():
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, 17), atol=1e-5)
 
 
+def test_attention_kernels_change_the_kernel_not_the_function():
+    feats, lengths = ragged_batch([50, 17, 3])
+    outputs = {}
+    for kernels in ("auto", "torch", "flash_efficient"):
+        model = make(attention_kernels=kernels).eval()
+        with torch.no_grad():
+            outputs[kernels] = model(feats, lengths)[0]
+    torch.testing.assert_close(outputs["auto"], outputs["torch"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs["flash_efficient"], outputs["torch"], atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_attention_kernels_are_refused_by_name():
+    with pytest.raises(ValueError, match="model.attention_kernels: got 'cudnn'"):
+        make(attention_kernels="cudnn")
+
+
 # --- padding invariance -----------------------------------------------------------------------
 
 VARIANTS = [

@@ -1,12 +1,14 @@
 """Transformer encoder: pre-LN or post-LN blocks, optional convolution module, LayerDrop.
 
 Attention goes through ``F.scaled_dot_product_attention`` with a boolean key-padding mask
-[B, 1, 1, T] (broadcast by the kernels, never a dense [B, H, T, T] tensor). Only *keys* are masked: every query row, padded or not, attends to at least one
+[B, 1, 1, T] (broadcast by the kernels, never a dense [B, H, T, T] tensor). Only *keys* are
+masked: every query row, padded or not, attends to at least one
 real frame (lengths are >= 1), so no row is all -inf and no NaN appears. On a GPU a mask
-rules out the flash kernel (it takes none); PyTorch 2.11 on an H100 then picks the cuDNN
-kernel (bf16, head size 192 in the paper model), else the memory-efficient one, both with
-flash-like memory. At utterance lengths (a few hundred encoder frames) attention is a small
-share of a step, so the mask costs little; duration bucketing keeps the padded work small.
+rules out the flash kernel (it takes none), which leaves the memory-efficient kernel, or
+cuDNN's where allowed. ``model.attention_kernels=auto`` allows flash and memory-efficient only:
+cuDNN's attention, PyTorch 2.11's first choice on Hopper, builds a plan for every new input
+shape (about 130 ms a step for the paper model on an H200), and a duration-bucketing sampler's
+batches rarely repeat a shape (docs/PERFORMANCE.md); ``torch`` leaves the choice to PyTorch.
 Packing utterances into variable-length (cu_seqlens) flash calls would drop the mask, but
 needs private PyTorch APIs. A caller that knows, on the host, that no frame of the batch is
 padding passes ``padded=False`` and on CUDA the mask is dropped, which lets SDPA pick the

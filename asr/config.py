@@ -58,6 +58,12 @@ class DataConfig:
     """DataLoader worker processes per rank (0 reads in the training process)."""
     seed: int = 0
     """Seed of the per-epoch shuffle; the order depends only on (seed, epoch, config)."""
+    speed_perturb: list[float] = field(default_factory=list)
+    """Speed perturbation of the training streams (Ko et al. 2015): ``[0.9, 1.0, 1.1]`` reads
+    every utterance at each speed once an epoch (pitch and tempo together, by resampling), as
+    separate items of the epoch plan, which batches them by their perturbed durations; empty
+    (the default) reads them as they are. Deterministic for a seed and resumable like the
+    plan itself; dev and test sets are never perturbed."""
     max_bad_fraction: float = 0.01
     """Utterances that do not decode (corrupt or truncated shard members) or whose text the
     tokenizer cannot encode are skipped and counted per split; the run stops once the skipped
@@ -438,6 +444,8 @@ def validate(cfg: DictConfig) -> None:
            f"seconds <= data.max_batch_seconds ({cfg.data.max_batch_seconds}), so every utterance fits a batch")
     _check(cfg, "data.num_workers", nonneg, "an integer >= 0")
     _check(cfg, "data.max_bad_fraction", lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+    _check(cfg, "data.speed_perturb", lambda v: len(set(v)) == len(v) and all(0.5 <= f <= 2.0 for f in v),
+           "distinct speed factors in [0.5, 2], e.g. [0.9, 1.0, 1.1], or [] for none")
     if not cfg.data.dev_splits:
         raise ConfigError("key 'data.dev_splits': expected at least one split name")
 

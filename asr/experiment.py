@@ -199,8 +199,10 @@ def make_loaders(cfg: DictConfig, splits: dict[str, SplitIndex], state: TrainSta
         unlabeled = BatchLoader.from_config(splits[cfg.data.unlabeled_split], cfg.data,
                                             start=state.unlabeled, **args)
     for loader in (labeled, unlabeled) if unlabeled else (labeled,):
+        copies = len(loader.speeds)
         rt.log(f"data: {loader.index.split} {loader.hours_per_epoch:.2f} h an epoch, "
-               f"{len(loader.index) - loader.dropped_utterances} of {len(loader.index)} utterances"
+               f"{loader.utterances_per_epoch} of {len(loader.index) * copies} utterances"
+               + (f" ({len(loader.index)} at speeds {', '.join(f'{s:g}' for s in loader.speeds)})" if copies > 1 else "")
                + (f" ({loader.dropped_utterances} outside data.min_duration={cfg.data.min_duration:g} s .. "
                   f"data.max_duration={cfg.data.max_duration:g} s dropped)" if loader.dropped_utterances else ""))
     return labeled, unlabeled

@@ -162,7 +162,7 @@ def start(cfg: DictConfig, rt: Runtime, schedule: Schedule, splits: dict[str, Sp
     if payload is not None:  # last: building the loaders must not shift any RNG stream
         set_rng_state(payload["rng"][rt.rank % len(payload["rng"])], rt.device)
         parts.aug_generator.set_state(payload["aug_generator"][rt.rank % len(payload["aug_generator"])])
-    sizes = {loader.index.split: len(loader.index) - loader.dropped_utterances for loader in (labeled, unlabeled) if loader}
+    sizes = {loader.index.split: loader.utterances_per_epoch for loader in (labeled, unlabeled) if loader}
     return Run(cfg, schedule, parts, state, values, labeled, unlabeled,
                {name: splits[name] for name in cfg.data.dev_splits}, exp_dir,
                RunLog(exp_dir) if rt.is_main else None, Meter(rt.device, rt.world_size),

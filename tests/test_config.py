@@ -72,6 +72,8 @@ def test_unknown_key_in_yaml_names_the_file_and_key(tmp_path):
         ("train.accum_steps=0", "train.accum_steps", "positive"),
         ("specaug.policy=XL", "specaug.policy", "LB, LD"),
         ("pl.min_tokens=0", "pl.min_tokens", ">= 1"),
+        ("data.speed_perturb=[1.0,1.0]", "data.speed_perturb", "distinct speed factors"),
+        ("data.speed_perturb=[0.1,1.0]", "data.speed_perturb", "[0.5, 2]"),
     ],
 )
 def test_impossible_value_names_key_value_and_what_is_allowed(override, key, expected):

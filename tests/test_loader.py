@@ -140,6 +140,60 @@ def test_loader_reports_its_epoch_size(index):
 
 
 # ---------------------------------------------------------------------------------------------
+# Speed perturbation
+
+SPEEDS = (0.9, 1.0, 1.1)
+
+
+def test_speed_perturbation_reads_every_utterance_at_every_speed_once_an_epoch(index):
+    loader = make_loader(index, speed_perturb=SPEEDS, max_duration=2.0)
+    epoch = [b for b in rest_of_epoch(loader) if not b.duplicate]
+    lengths: dict[str, list[int]] = {}
+    for batch in epoch:
+        for key, n in zip(batch.keys, batch.lengths.tolist(), strict=True):
+            lengths.setdefault(key, []).append(n)
+    expected: dict[str, list[int]] = {}  # each copy is kept or dropped by its own duration
+    for i in range(len(index)):
+        for f in SPEEDS:
+            if 0.1 <= float(index.duration[i]) / f <= 2.0:  # sox `speed` f: 1/f as long
+                expected.setdefault(index.key(i), []).append(round(int(index.num_samples[i]) / f))
+    assert sorted(lengths) == sorted(expected)
+    for key, n in expected.items():
+        assert sorted(lengths[key]) == pytest.approx(sorted(n), abs=1)
+    assert loader.utterances_per_epoch == sum(len(n) for n in expected.values())
+    assert loader.dropped_utterances == 3 * len(index) - loader.utterances_per_epoch
+    assert loader.hours_per_epoch == pytest.approx(sum(sum(n) for n in expected.values()) / SAMPLE_RATE / 3600,
+                                                   rel=1e-3)
+
+
+def test_speed_perturbation_batches_by_perturbed_duration_and_resumes_exactly(index):
+    settings = dict(speed_perturb=SPEEDS, max_duration=2.0)
+    whole = list(itertools.islice(iter(make_loader(index, **settings)), 30))
+    assert all(b.padded_seconds <= SETTINGS["max_batch_seconds"] + 1e-6 for b in whole)
+    resumed = list(itertools.islice(iter(make_loader(index, start=whole[11].position, **settings)), 18))
+    assert keys_of(resumed) == keys_of(whole[12:])
+    assert all(torch.equal(a.waves, b.waves) for a, b in zip(resumed, whole[12:], strict=True))
+    with pytest.raises(PlanChangedError):  # other speeds are another plan
+        make_loader(index, start=whole[11].position, speed_perturb=(0.95, 1.0), max_duration=2.0)
+
+
+def test_slower_audio_is_the_same_sound_stretched():
+    from asr.data.audio import resample
+
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    slow = resample(tone, round(16000 * 0.9), 16000)  # speed 0.9: 10/9 as long, 396 Hz
+    assert len(slow) == round(16000 / 0.9)
+    spectrum = np.abs(np.fft.rfft(slow))
+    assert np.argmax(spectrum) * 16000 / len(slow) == pytest.approx(440 * 0.9, abs=2)
+
+
+def test_bad_speed_factors_are_refused(index):
+    with pytest.raises(ValueError, match="speed_perturb"):
+        make_loader(index, speed_perturb=(1.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
 # Determinism and resume
 
 

@@ -87,7 +87,7 @@ def test_attention_kernels_change_the_kernel_not_the_function():
 
 
 def test_unknown_attention_kernels_are_refused_by_name():
-    with pytest.raises(ValueError, match="model.attention_kernels: got 'cudnn'"):
+    with pytest.raises(ValueError, match=r"model\.attention_kernels: got 'cudnn'"):
         make(attention_kernels="cudnn")
 
 

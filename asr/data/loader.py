@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from asr.data.audio import AudioDecodeError
+from asr.data.audio import AudioDecodeError, resample
 from asr.data.sampler import (
     DataPosition,
     EpochPlan,
@@ -83,9 +83,10 @@ class MicroBatchStream(IterableDataset):
 
     def __init__(self, index: SplitIndex, plan_for_epoch: Callable[[int], EpochPlan],
                  start: DataPosition, *, rank: int, world_size: int,
-                 text_ok: Callable[[str], bool] | None = None) -> None:
+                 text_ok: Callable[[str], bool] | None = None, speeds: tuple[float, ...] = (1.0,)) -> None:
         super().__init__()
         self.index = index
+        self.speeds = speeds
         self.text_ok = text_ok
         self.plan_for_epoch = plan_for_epoch
         self.start = start
@@ -111,12 +112,17 @@ class MicroBatchStream(IterableDataset):
         index = self.index
         kept: list[int] = []
         waves: list[np.ndarray] = []
-        for i in scheduled.indices.tolist():
+        for item in scheduled.indices.tolist():
+            # plan item -> (utterance, speed): item = speed's position x utterances + utterance
+            speed, i = self.speeds[item // len(index)], item % len(index)
             try:
                 if self.text_ok is not None and not self.text_ok(index.text(i)):
                     raise AudioDecodeError(index.key(i), str(index.shard_path(i)),
                                            f"text {index.text(i)!r} has characters the tokenizer cannot encode")
-                waves.append(read_audio(index, i))
+                wave = read_audio(index, i)
+                if speed != 1.0:  # played `speed` times faster: read as if at speed x the rate
+                    wave = resample(wave, round(index.sample_rate * speed), index.sample_rate)
+                waves.append(wave)
                 kept.append(i)
             except AudioDecodeError as err:
                 if i not in self._reported:
@@ -181,6 +187,7 @@ class BatchLoader:
         pin_memory: bool = False,
         prefetch_factor: int = 2,
         text_ok: Callable[[str], bool] | None = None,
+        speed_perturb: Sequence[float] = (),
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} / world_size {world_size}: expected 0 <= rank < world_size")
@@ -193,7 +200,12 @@ class BatchLoader:
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
         self.text_ok = text_ok
-        self.planner = EpochPlanner(index.duration, max_batch_seconds=max_batch_seconds,
+        self.speeds = tuple(float(f) for f in speed_perturb) or (1.0,)
+        if len(set(self.speeds)) != len(self.speeds) or min(self.speeds) <= 0:
+            raise ValueError(f"speed_perturb: expected distinct positive factors, got {list(speed_perturb)}")
+        # one plan item per (speed, utterance), batched by its duration at that speed
+        durations = np.concatenate([index.duration / speed for speed in self.speeds]).astype(np.float32)
+        self.planner = EpochPlanner(durations, max_batch_seconds=max_batch_seconds,
                                     num_buckets=num_buckets, min_duration=min_duration,
                                     max_duration=max_duration, seed=seed)
         requested = start if start is not None else DataPosition()
@@ -213,7 +225,7 @@ class BatchLoader:
         return cls(index, max_batch_seconds=cfg.max_batch_seconds, num_buckets=cfg.num_buckets,
                    min_duration=cfg.min_duration, max_duration=cfg.max_duration, seed=cfg.seed,
                    rank=rank, world_size=world_size, num_workers=cfg.num_workers, start=start,
-                   pin_memory=pin_memory, text_ok=text_ok)
+                   pin_memory=pin_memory, text_ok=text_ok, speed_perturb=cfg.speed_perturb)
 
     @property
     def hours_per_epoch(self) -> float:
@@ -232,13 +244,19 @@ class BatchLoader:
         return self.batches_per_epoch - len(self._plan)
 
     @property
+    def utterances_per_epoch(self) -> int:
+        """Reads of an epoch: every utterance inside the duration limits at every speed."""
+        return self._plan.num_utterances
+
+    @property
     def dropped_utterances(self) -> int:
-        """Utterances outside [min_duration, max_duration], never read."""
-        return len(self.index) - self._plan.num_utterances
+        """Utterances (at one of the speeds, with speed perturbation) outside [min_duration,
+        max_duration], never read."""
+        return len(self.index) * len(self.speeds) - self._plan.num_utterances
 
     def __iter__(self) -> Iterator[Batch]:
         stream = MicroBatchStream(self.index, self.planner, self.start, rank=self.rank,
-                                  world_size=self.world_size, text_ok=self.text_ok)
+                                  world_size=self.world_size, text_ok=self.text_ok, speeds=self.speeds)
         # a generator of its own: DataLoader would otherwise draw its worker seed from the
         # global RNG, so opening a stream would shift the trainer's dropout stream (the stream
         # itself is deterministic and never uses the worker seed)

@@ -23,7 +23,7 @@ from asr.config import load_config
 from asr.data.manifest import combine_manifests, prepare_corpus, read_manifest
 from asr.sweep import Launch, launch_for, parse_kappas, plan_scratch, plan_sweep, progressive_ramp
 from asr.sweep import main as sweep_main
-from asr.sweep_report import verdict
+from asr.sweep_report import final_wers, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH_MINI = REPO.parent / "shared" / "librispeech-mini"
@@ -411,6 +411,27 @@ def test_the_verdict_names_every_final_wer_outside_the_reference_band():
         "outside the kappa 1 band: teacher/dev-clean +5.0 points"
 
 
+def _run_folder(root: Path, name: str, total_hours: float, dev_rows: list[tuple[float, float]]) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"schedule:\n  total_hours: {total_hours}\n")
+    rows = [{"kind": "dev_wer", "step": i, "hours": h, "student/dev-clean": w, "teacher/dev-clean": w + 1}
+            for i, (h, w) in enumerate(dev_rows)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_final_wers_are_a_finished_runs_last_evaluation_or_asr_eval_where_given(tmp_path):
+    finished = _run_folder(tmp_path / "runs", "kappa2-rule-seed0", 11.0, [(2.0, 80.0), (11.07, 61.5)])
+    assert final_wers(finished) == {"student/dev-clean": 61.5, "teacher/dev-clean": 62.5}
+    unfinished = _run_folder(tmp_path / "runs", "kappa2-rule-seed1", 11.0, [(2.0, 80.0), (10.0, 63.0)])
+    assert final_wers(unfinished) == {}  # cut short: no final WER, so no seed in the table
+    summary = tmp_path / "eval" / "kappa2-rule-seed1-student" / "dev-clean" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"split": "dev-clean", "wer": 0.6}))
+    assert final_wers(unfinished, tmp_path / "eval") == {"student/dev-clean": 60.0}
+
+
 def test_no_verdict_without_a_band_or_without_every_final_wer():
     assert verdict({"student/dev-clean": 41.0}, {"student/dev-clean": [40.0]}).startswith("no verdict")
     assert verdict({}, {"student/dev-clean": [40.0, 44.0]}) == "no verdict: no final student/dev-clean"
@@ -435,5 +456,5 @@ def test_ema_scaling_from_scratch_runs_every_arm_and_seed_and_reports_bands(tmp_
                    for name in ("kappa2-progressive-seed1", "kappa2-rho-fixed-seed1")}
     assert teacher_rho == {"kappa2-progressive-seed1": [0.81], "kappa2-rho-fixed-seed1": [0.9]}
     report = (exp / "sweep_report.md").read_text()
-    assert "| kappa 1 (reference) | 2 |" in report and report.count("| kappa 2, ") == 3
+    assert "| kappa 1 (reference) | 2 of 2 |" in report and report.count("| kappa 2, ") == 3
     assert (exp / "sweep_report.png").read_bytes()[:4] == b"\x89PNG"

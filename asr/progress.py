@@ -8,6 +8,7 @@ most every ``every_seconds`` and one closing line with the elapsed time.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,9 @@ LOG_EVERY_SECONDS = 30.0
 
 
 def format_duration(seconds: float) -> str:
-    """``1h02m``, ``3m07s`` or ``12s``: short enough for a progress line."""
+    """``1h02m``, ``3m07s`` or ``12s``: short enough for a progress line; ``?`` if unknown."""
+    if not math.isfinite(seconds):
+        return "?"
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

@@ -9,12 +9,12 @@ are decoded in shares, and every rank takes the same decision.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from asr.evaluate import dev_wer
+from asr.progress import format_duration
 
 if TYPE_CHECKING:
     from asr.scaling import SchedulePoint
@@ -53,7 +53,7 @@ class Progress:
                    + f" | lr {lr:.2e} | kappa {run.values.kappa:g}"
                    + (f" | rho {run.values.rho:.5f}" if teacher else "")
                    + (f" | {skipped} bad utterances skipped" if skipped else "")
-                   + f" | {rate:.0f} audio-h/h | data wait {100 * data_wait:.1f}% | ETA {format_seconds(eta)}")
+                   + f" | {rate:.0f} audio-h/h | data wait {100 * data_wait:.1f}% | ETA {format_duration(eta)}")
         if run.writer is not None:
             run.writer.write("train", state.step, hours, {
                 **stats, "audio_hours": audio, "lr": lr, "kappa": run.values.kappa,
@@ -94,11 +94,3 @@ def evaluate_dev(run: Run) -> bool:
         state.best_dev_wer = first_wer
         return True
     return False
-
-
-def format_seconds(seconds: float) -> str:
-    """``H:MM:SS``; ``?`` for an unknown (non-finite) time."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from asr.decode import ctc_keep_frames
-from asr.wer import word_errors
+from asr.wer import utterance_word_errors
 
 REASONS = ("kept", "empty", "too_short", "too_long", "low_confidence")
 """The fate of each label, in the order of ``PseudoLabels.reason_counts``."""
@@ -90,10 +91,15 @@ def make_pseudo_labels(teacher_log_probs: Tensor, teacher_lengths: Tensor,
                         reason_counts=reason_counts)
 
 
-def pseudo_label_wer(hyp_texts: Sequence[str], truth_texts: Sequence[str]) -> tuple[int, int]:
+def pseudo_label_wer(hyp_texts: Sequence[str], truth_texts: Sequence[str],
+                     keep: Sequence[bool] | None = None) -> tuple[int, int, int, int]:
     """(word errors, reference words) of pseudo-labels against held-out transcripts, scored as
-    ``asr eval`` scores (:func:`asr.wer.word_errors`). Counts, not a rate, so the trainer can sum
-    them over batches and ranks before dividing."""
+    ``asr eval`` scores (:func:`asr.wer.word_errors`), for all of them and for those ``keep``
+    marks (all, if None): one alignment each. Counts, not rates, so the trainer can sum them
+    over batches and ranks before dividing."""
     if len(hyp_texts) != len(truth_texts):
         raise ValueError(f"pseudo_label_wer: {len(hyp_texts)} hypotheses but {len(truth_texts)} truths")
-    return word_errors(truth_texts, hyp_texts)
+    counts = utterance_word_errors(truth_texts, hyp_texts)
+    kept = counts[np.asarray(keep, dtype=bool)] if keep is not None else counts
+    (errors, words), (kept_errors, kept_words) = counts.sum(axis=0), kept.sum(axis=0)
+    return int(errors), int(words), int(kept_errors), int(kept_words)

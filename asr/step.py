@@ -139,10 +139,7 @@ def micro_batch_loss(parts: StepParts, batch: Batch, *, unlabeled: bool, augment
         meter.add_pseudo_labels(labels.reason_counts)
         if batch.truths is not None and all(t is not None for t in batch.truths):  # diagnostic only
             hyps = [tokenizer.decode(ids) for ids in labels.token_lists()]
-            kept = labels.keep.tolist()
-            meter.add_pl_wer(*pseudo_label_wer(hyps, batch.truths),
-                             *pseudo_label_wer([h for h, k in zip(hyps, kept, strict=True) if k],
-                                               [t for t, k in zip(batch.truths, kept, strict=True) if k]))
+            meter.add_pl_wer(*pseudo_label_wer(hyps, batch.truths, labels.keep.tolist()))
     else:
         targets, target_lengths, min_frames = encode_targets(batch.texts, tokenizer, rt.device)
         keep = min_frames <= out_lengths  # a transcript CTC cannot align is dropped, not fatal

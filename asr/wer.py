@@ -171,19 +171,26 @@ def librispeech_speaker(utt_id: str) -> str:
     return utt_id.partition("-")[0]
 
 
-def word_errors(refs: Sequence[str], hyps: Sequence[str], *, normalize: str = "librispeech") -> tuple[int, int]:
-    """(word errors S + D + I, reference words) of paired transcripts, normalized as
-    :func:`score_corpus` normalizes them: the one WER of training's dev evaluation, of the
-    pseudo-labels' quality and of ``asr eval``. Counts, not a rate, so sums over batches and
-    ranks stay exact."""
+def utterance_word_errors(refs: Sequence[str], hyps: Sequence[str], *,
+                          normalize: str = "librispeech") -> np.ndarray:
+    """int64 [N, 2]: word errors S + D + I and reference words of each pair, normalized as
+    :func:`score_corpus` normalizes them."""
     if len(refs) != len(hyps):
         raise ValueError(f"word_errors: {len(refs)} references but {len(hyps)} hypotheses")
     if not refs:
-        return 0, 0
+        return np.zeros((0, 2), dtype=np.int64)
     norm = get_normalizer(normalize)
     counts = edit_counts_batch([norm(t).split() for t in refs], [norm(t).split() for t in hyps])
-    words, subs, dels, ins = (int(x) for x in counts.sum(axis=0))
-    return subs + dels + ins, words
+    words, subs, dels, ins = counts.T.astype(np.int64)
+    return np.stack([subs + dels + ins, words], axis=1)
+
+
+def word_errors(refs: Sequence[str], hyps: Sequence[str], *, normalize: str = "librispeech") -> tuple[int, int]:
+    """(word errors S + D + I, reference words) of paired transcripts: the one WER of
+    training's dev evaluation, of the pseudo-labels' quality and of ``asr eval``. Counts, not a
+    rate, so sums over batches and ranks stay exact."""
+    errors, words = utterance_word_errors(refs, hyps, normalize=normalize).sum(axis=0)
+    return int(errors), int(words)
 
 
 def score_corpus(refs: Mapping[str, str], hyps: Mapping[str, str], *,

@@ -107,7 +107,13 @@ def test_min_tokens_below_one_is_an_error():
     ([], [], (0, 0)),
 ])
 def test_pseudo_label_wer_counts(hyps, truths, expected):
-    assert pseudo_label_wer(hyps, truths) == expected
+    assert pseudo_label_wer(hyps, truths) == (*expected, *expected)  # nothing dropped: kept = all
+
+
+def test_pseudo_label_wer_counts_the_kept_labels_apart():
+    hyps, truths = ["A B C", "X", "A"], ["A B C", "D E", "A B"]
+    assert pseudo_label_wer(hyps, truths, [True, False, True]) == (3, 7, 1, 5)
+    assert pseudo_label_wer(hyps, truths, [False, False, False]) == (3, 7, 0, 0)
 
 
 def test_pseudo_label_wer_needs_one_truth_per_hypothesis():

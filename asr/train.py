@@ -103,6 +103,12 @@ class Run:
         return self.state.audio_hours(self.labeled.hours_per_epoch,
                                       self.unlabeled.hours_per_epoch if self.unlabeled else 0.0)
 
+    def sync_bad_data(self) -> None:
+        """Sum the skipped-utterance counts over the ranks into the state a checkpoint saves
+        (a collective: every rank calls it at the same step)."""
+        self.bad.sync()
+        self.state.bad_data = self.bad.state_dict()
+
 
 def train(cfg: DictConfig, *, dry_run: bool = False, world_size: int | None = None) -> int:
     """Train as ``cfg`` says; return the exit status (0, or :data:`EXIT_PREEMPTED` after a signal).
@@ -324,8 +330,7 @@ def save(run: Run, is_best: bool = False, *, final: bool = False) -> None:
     """
     rt, parts, state = run.rt, run.parts, run.state
     state.skipped_steps = run.skipped.total()  # exact also between logging steps
-    run.bad.sync()
-    state.bad_data = run.bad.state_dict()
+    run.sync_bad_data()
     rngs, gens = rt.gather(rng_state(rt.device)), rt.gather(parts.aug_generator.get_state().cpu())
     if not rt.is_main:
         return

@@ -35,8 +35,7 @@ class Progress:
         """Write the interval's line and row; False when the run must stop now."""
         run, state, cfg = self.run, self.run.state, self.run.cfg
         stats = run.meter.flush()
-        run.bad.sync()
-        state.bad_data = run.bad.state_dict()
+        run.sync_bad_data()
         skipped = run.bad.skipped()
         now = time.perf_counter()
         elapsed, interval, self.t_last = now - self.t_start, now - self.t_last, now

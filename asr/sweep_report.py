@@ -58,10 +58,12 @@ def collect_runs(runs: Path) -> dict[Arm, dict[int, Path]]:
     return dict(sorted(found.items(), key=lambda kv: (kv[0].kappa, kv[0].arm)))
 
 
-def curves(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Series of one run: (data hours, value %) for each dev WER and the pseudo-labels' WER."""
+def curves(rows: Sequence[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Series of one run's ``metrics.jsonl`` rows (:func:`asr.plot.read_metrics`: a resumed
+    run's rows on the timeline it kept): (data hours, value %) for each dev WER and the
+    pseudo-labels' WER."""
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for row in read_metrics(folder):  # a resumed run's rows on the timeline it kept
+    for row in rows:
         if row["kind"] == "dev_wer":
             for key, value in row.items():
                 if "/" in key and value is not None:
@@ -78,10 +80,11 @@ def band(seed_curves: Sequence[tuple[np.ndarray, np.ndarray]], grid: np.ndarray)
         return np.stack([np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)])
 
 
-def final_wers(folder: Path, eval_dir: Path | None = None) -> dict[str, float]:
+def final_wers(folder: Path, rows: Sequence[dict], eval_dir: Path | None = None) -> dict[str, float]:
     """``{"student/dev-clean": WER %, ...}`` of a finished run: its ``asr eval`` summaries in
-    ``eval_dir`` where they exist, else its own last dev evaluation (the same greedy scoring of
-    the whole splits) if that was made at the end of the schedule. An unfinished run has none."""
+    ``eval_dir`` where they exist, else its own last dev evaluation among its ``rows`` (the
+    same greedy scoring of the whole splits) if that was made at the end of the schedule. An
+    unfinished run has none."""
     out = {}
     for weights in ("student", "teacher"):
         summaries = (eval_dir / f"{folder.name}-{weights}").glob("*/summary.json") if eval_dir else []
@@ -91,7 +94,7 @@ def final_wers(folder: Path, eval_dir: Path | None = None) -> dict[str, float]:
                 out[f"{weights}/{data['split']}"] = 100 * data["wer"]
     if out:
         return out
-    dev_rows = [row for row in read_metrics(folder) if row["kind"] == "dev_wer"]
+    dev_rows = [row for row in rows if row["kind"] == "dev_wer"]
     total_hours = OmegaConf.load(folder / "config.yaml").schedule.total_hours
     if not dev_rows or dev_rows[-1]["hours"] < total_hours - 1e-9:
         return {}
@@ -122,8 +125,9 @@ def verdict(arm_means: dict[str, float], reference: dict[str, list[float]]) -> s
 def write_report(runs: Path, eval_dir: Path | None, out: Path, title: str = "") -> str:
     """Write ``out``.png, .md and .csv; return the markdown."""
     arms = collect_runs(runs)
-    all_curves = {arm: {seed: curves(folder) for seed, folder in seeds.items()} for arm, seeds in arms.items()}
-    finals = {arm: {seed: final_wers(folder, eval_dir) for seed, folder in seeds.items()}
+    rows = {folder: read_metrics(folder) for seeds in arms.values() for folder in seeds.values()}
+    all_curves = {arm: {seed: curves(rows[folder]) for seed, folder in seeds.items()} for arm, seeds in arms.items()}
+    finals = {arm: {seed: final_wers(folder, rows[folder], eval_dir) for seed, folder in seeds.items()}
               for arm, seeds in arms.items()}
     reference_arm = next((a for a in arms if a.kappa == 1), None)
     reference = defaultdict(list)

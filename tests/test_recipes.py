@@ -21,6 +21,7 @@ import soundfile as sf
 from asr.cli import main
 from asr.config import load_config
 from asr.data.manifest import combine_manifests, prepare_corpus, read_manifest
+from asr.plot import read_metrics
 from asr.sweep import Launch, launch_for, parse_kappas, plan_scratch, plan_sweep, progressive_ramp
 from asr.sweep import main as sweep_main
 from asr.sweep_report import final_wers, verdict
@@ -38,6 +39,9 @@ STEP_SECONDS = 15.0  # padded audio of one optimizer step at kappa = 1
 def _hours(steps: float) -> float:
     return steps * STEP_SECONDS / 3600
 
+
+NEEDS_SYNTH_TOOLS = pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("espeak-ng", "sox")),
+                                       reason="the synthetic corpus needs espeak-ng and sox (recipes/setup.sh)")
 
 # A ~10k-parameter model, kappa = 1 at one 15 s micro-batch: supervised for 2 steps, then
 # pseudo-labels up to step 4; dev WER at the end of each run only.
@@ -227,8 +231,7 @@ def test_ema_scaling_on_prepared_data_skips_the_synthetic_data_stages(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("espeak-ng", "sox")),
-                    reason="the synthetic corpus needs espeak-ng and sox (recipes/setup.sh)")
+@NEEDS_SYNTH_TOOLS
 def test_ema_scaling_sweep_scales_rho_only_under_the_ema_rule(tmp_path):
     exp = tmp_path / "exp"
     _ok(_recipe(EMA_SCALING, "--size", "tiny", "--exp", str(exp), "--kappas", "1 2", *TOY))
@@ -256,8 +259,7 @@ def test_ema_scaling_sweep_scales_rho_only_under_the_ema_rule(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("espeak-ng", "sox")),
-                    reason="the synthetic corpus needs espeak-ng and sox (recipes/setup.sh)")
+@NEEDS_SYNTH_TOOLS
 def test_ema_scaling_shared_warm_start_continues_every_kappa_from_the_first(tmp_path):
     exp = tmp_path / "exp"
     _ok(_recipe(EMA_SCALING, "--size", "tiny", "--exp", str(exp), "--kappas", "1 2", "--shared-warm-start",
@@ -423,13 +425,13 @@ def _run_folder(root: Path, name: str, total_hours: float, dev_rows: list[tuple[
 
 def test_final_wers_are_a_finished_runs_last_evaluation_or_asr_eval_where_given(tmp_path):
     finished = _run_folder(tmp_path / "runs", "kappa2-rule-seed0", 11.0, [(2.0, 80.0), (11.07, 61.5)])
-    assert final_wers(finished) == {"student/dev-clean": 61.5, "teacher/dev-clean": 62.5}
+    assert final_wers(finished, read_metrics(finished)) == {"student/dev-clean": 61.5, "teacher/dev-clean": 62.5}
     unfinished = _run_folder(tmp_path / "runs", "kappa2-rule-seed1", 11.0, [(2.0, 80.0), (10.0, 63.0)])
-    assert final_wers(unfinished) == {}  # cut short: no final WER, so no seed in the table
+    assert final_wers(unfinished, read_metrics(unfinished)) == {}  # cut short: no final WER, so no seed in the table
     summary = tmp_path / "eval" / "kappa2-rule-seed1-student" / "dev-clean" / "summary.json"
     summary.parent.mkdir(parents=True)
     summary.write_text(json.dumps({"split": "dev-clean", "wer": 0.6}))
-    assert final_wers(unfinished, tmp_path / "eval") == {"student/dev-clean": 60.0}
+    assert final_wers(unfinished, read_metrics(unfinished), tmp_path / "eval") == {"student/dev-clean": 60.0}
 
 
 def test_no_verdict_without_a_band_or_without_every_final_wer():
@@ -439,8 +441,7 @@ def test_no_verdict_without_a_band_or_without_every_final_wer():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("espeak-ng", "sox")),
-                    reason="the synthetic corpus needs espeak-ng and sox (recipes/setup.sh)")
+@NEEDS_SYNTH_TOOLS
 def test_ema_scaling_from_scratch_runs_every_arm_and_seed_and_reports_bands(tmp_path):
     exp = tmp_path / "exp"
     _ok(_recipe(EMA_SCALING, "--size", "tiny", "--exp", str(exp), "--from-scratch", "--kappas", "1 2",
